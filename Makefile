@@ -1,0 +1,30 @@
+# Two commands: `make demo` and `make test`. Everything else is a step of theirs.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# torch pinned to the release this project is tested with (installs from local disk on the dev/CI machines).
+TORCH   ?= torch==2.14.1 torchvision==0.29.1
+STAMP   := $(VENV)/.installed
+
+.PHONY: install demo test app bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/lookalike demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+app: install
+	$(BIN)/lookalike app
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,299 @@
+"""``lookalike`` command line. Each sub-command is one call into retrieval/ or training/; errors are one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from retrieval.errors import LookalikeError
+
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _workspace(args):
+    from retrieval.workspace import Workspace
+
+    return Workspace(args.indexes, device=getattr(args, "device", "cpu"))
+
+
+def _report_skipped(skipped, limit: int = 20) -> None:
+    if not skipped:
+        return
+    print(f"skipped {len(skipped)} file(s):", file=sys.stderr)
+    for s in skipped[:limit]:
+        print(f"  {s.path}: {s.reason}", file=sys.stderr)
+    if len(skipped) > limit:
+        print(f"  … and {len(skipped) - limit} more (see 'lookalike index info NAME --json')", file=sys.stderr)
+
+
+def _print_report(report, args, verb: str) -> None:
+    if args.json:
+        _print_json(report.to_json())
+        return
+    _report_skipped(report.skipped)
+    from retrieval.encoders import describe_identity
+
+    print(f"{verb} index {report.name!r}: {report.count} images, dim {report.dim}, "
+          f"encoder {describe_identity(report.encoder)}"
+          + (f" (+{report.added} -{report.removed})" if verb != "built" else ""))
+
+
+# ----- index -------------------------------------------------------------------------------------------------
+def cmd_index_build(args) -> int:
+    ws = _workspace(args)
+    report = ws.build(args.dir, args.encoder, args.name, index_type=args.type, overwrite=args.overwrite,
+                      batch_size=args.batch_size, workers=args.workers, progress=not args.json)
+    _print_report(report, args, "built")
+    return 0
+
+
+def cmd_index_add(args) -> int:
+    _print_report(_workspace(args).add(args.name, args.paths, progress=not args.json), args, "updated")
+    return 0
+
+
+def cmd_index_remove(args) -> int:
+    _print_report(_workspace(args).remove(args.name, args.paths), args, "updated")
+    return 0
+
+
+def cmd_index_refresh(args) -> int:
+    _print_report(_workspace(args).refresh(args.name, progress=not args.json), args, "refreshed")
+    return 0
+
+
+def cmd_index_list(args) -> int:
+    from retrieval.encoders import describe_identity
+
+    rows = _workspace(args).list()
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print(f"no indexes under {args.indexes} (build one with 'lookalike index build DIR --encoder SPEC --name NAME')")
+    for m in rows:
+        print(f"{m['name']:<24} {m.get('count', '?'):>8} images  {m.get('index_type', '?'):<6} "
+              f"{describe_identity(m['encoder'])}  {m.get('root', '')}")
+    return 0
+
+
+def cmd_index_info(args) -> int:
+    info = _workspace(args).store(args.name).info()
+    if args.json:
+        _print_json(info)
+        return 0
+    from retrieval.encoders import describe_identity
+
+    for key in ("name", "root", "count", "dim", "index_type", "factory", "created", "updated", "size_bytes"):
+        if key in info:
+            print(f"{key:<11} {info[key]}")
+    print(f"{'encoder':<11} {describe_identity(info['encoder'])}  [{info['encoder'].get('spec')}]")
+    skipped = info.get("skipped", [])
+    print(f"{'skipped':<11} {len(skipped) if isinstance(skipped, list) else skipped}")
+    return 0
+
+
+# ----- search / compare / eval ---------------------------------------------------------------------------------
+def cmd_search(args) -> int:
+    results = _workspace(args).search(args.name, args.image, k=args.k)
+    if args.json:
+        _print_json([r.to_json() for r in results])
+        return 0
+    for r in results:
+        print(f"{r.rank:>3}  {r.score:+.4f}  {r.path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    ws = _workspace(args)
+    names = args.index or [m["name"] for m in ws.list()]
+    if not names:
+        raise LookalikeError(f"no indexes under {args.indexes} to compare")
+    columns = {name: ws.search(name, args.image, k=args.k) for name in names}
+    if args.json:
+        _print_json({name: [r.to_json() for r in rs] for name, rs in columns.items()})
+        return 0
+    width = max(28, *(len(n) for n in names))
+    print("  ".join(f"{n:<{width}}" for n in names))
+    for i in range(args.k):
+        cells = []
+        for rs in columns.values():
+            cells.append(f"{rs[i].score:+.3f} {rs[i].path}"[:width].ljust(width) if i < len(rs) else " " * width)
+        print("  ".join(cells))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from retrieval.encoders import load_encoder
+    from retrieval.workspace import evaluate_folder
+
+    rows = []
+    for spec in args.encoder:
+        metrics = evaluate_folder(args.dir, load_encoder(spec, device=args.device), progress=not args.json,
+                                  batch_size=args.batch_size)
+        rows.append({"spec": spec, **metrics})
+    if args.json:
+        _print_json(rows if len(rows) > 1 else rows[0])
+        return 0
+    keys = ["recall@1", "recall@5", "recall@10", "map@10", "knn_acc"]
+    print(f"{'encoder':<40} " + " ".join(f"{k:>9}" for k in keys))
+    for row in rows:
+        print(f"{row['spec'][:40]:<40} " + " ".join(f"{row[k]:>9.4f}" for k in keys))
+    print(f"({rows[0]['count']} images, {rows[0]['classes']} labels)")
+    return 0
+
+
+# ----- train / app / demo ----------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from training.trainer import TrainConfig, train
+
+    cfg_kwargs = {k: getattr(args, k) for k in (
+        "method", "backbone", "image_size", "batch_size", "epochs", "minutes", "out", "resume", "device",
+        "lr", "workers", "seed", "precision") if getattr(args, k) is not None}
+    config = TrainConfig(data_dir=args.dir, val_dir=args.val, **cfg_kwargs)
+    run_dir = train(config, progress=True)
+    print(f"encoder saved to {run_dir} — index with: lookalike index build {args.dir} --encoder {run_dir} "
+          f"--name {Path(run_dir).name}")
+    return 0
+
+
+def cmd_app(args) -> int:
+    from app.ui import launch
+
+    launch(indexes=args.indexes, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from app.demo import run_demo
+
+    run_demo(indexes=args.indexes, data=args.data, host=args.host, port=args.port, minutes=args.minutes,
+             train=not args.no_train, open_app=not args.no_app)
+    return 0
+
+
+# ----- parser ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lookalike", description="Image similarity search on your own photos, with "
+                                "encoders trained on them without labels.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp, json_flag=True, indexes=True):
+        if indexes:
+            sp.add_argument("--indexes", default=os.environ.get("LOOKALIKE_INDEXES", "indexes"),
+                            metavar="ROOT", help="where indexes live (default ./indexes)")
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+
+    idx = sub.add_parser("index", help="build and maintain indexes").add_subparsers(dest="index_cmd", required=True,
+                                                                                 metavar="ACTION")
+    b = idx.add_parser("build", help="embed every image of DIR into a new index")
+    b.add_argument("dir")
+    b.add_argument("--encoder", required=True, metavar="SPEC",
+                   help="pixels | random:NAME | timm:NAME | runs/RUN (a trained encoder)")
+    b.add_argument("--name", required=True)
+    b.add_argument("--type", default="auto", choices=INDEX_TYPES)
+    b.add_argument("--overwrite", action="store_true", help="replace an existing index of that name")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--workers", type=int, default=None, help="decode processes (default: by collection size)")
+    common(b)
+    b.set_defaults(func=cmd_index_build)
+    for verb, func, hlp in (("add", cmd_index_add, "embed and add files of the collection"),
+                            ("remove", cmd_index_remove, "remove files from the index")):
+        sp = idx.add_parser(verb, help=hlp)
+        sp.add_argument("name")
+        sp.add_argument("paths", nargs="+")
+        common(sp)
+        sp.set_defaults(func=func)
+    r = idx.add_parser("refresh", help="re-embed only new or changed files, drop deleted ones")
+    r.add_argument("name")
+    common(r)
+    r.set_defaults(func=cmd_index_refresh)
+    ls = idx.add_parser("list", help="list indexes")
+    common(ls)
+    ls.set_defaults(func=cmd_index_list)
+    inf = idx.add_parser("info", help="manifest, counts and skipped files of an index")
+    inf.add_argument("name")
+    common(inf)
+    inf.set_defaults(func=cmd_index_info)
+
+    s = sub.add_parser("search", help="most similar images to IMAGE in index NAME")
+    s.add_argument("name")
+    s.add_argument("image")
+    s.add_argument("-k", type=int, default=10)
+    common(s)
+    s.set_defaults(func=cmd_search)
+
+    c = sub.add_parser("compare", help="the same query against several indexes, side by side")
+    c.add_argument("image")
+    c.add_argument("--index", action="append", metavar="NAME", help="repeat for each index (default: all)")
+    c.add_argument("-k", type=int, default=5)
+    common(c)
+    c.set_defaults(func=cmd_compare)
+
+    e = sub.add_parser("eval", help="retrieval metrics on a folder with one sub-folder per label")
+    e.add_argument("dir")
+    e.add_argument("--encoder", action="append", required=True, metavar="SPEC", help="repeat to compare")
+    e.add_argument("--batch-size", type=int, default=64)
+    common(e, indexes=False)
+    e.set_defaults(func=cmd_eval)
+
+    t = sub.add_parser("train", help="train an encoder on DIR without labels")
+    t.add_argument("dir")
+    t.add_argument("--method", default="simclr", choices=("simclr", "moco", "byol", "simsiam", "barlow"))
+    t.add_argument("--backbone", default=None, help="any timm model name")
+    t.add_argument("--image-size", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--minutes", type=float, default=None, help="time budget")
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--out", default=None, help="run directory (default runs/METHOD-BACKBONE-TIME)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    t.add_argument("--val", default=None, metavar="DIR", help="labelled folder for a kNN monitor each epoch")
+    t.add_argument("--workers", type=int, default=None)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--precision", default=None, choices=("auto", "bf16", "fp16", "fp32"))
+    t.add_argument("--device", default=None, help="auto, cpu or cuda")
+    t.set_defaults(func=cmd_train)
+
+    a = sub.add_parser("app", help="open the web UI")
+    a.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    a.add_argument("--port", type=int, default=7860)
+    a.add_argument("--share", action="store_true", help="also open a public share link (off by default)")
+    a.add_argument("--indexes", default=os.environ.get("LOOKALIKE_INDEXES", "indexes"), metavar="ROOT")
+    a.set_defaults(func=cmd_app)
+
+    d = sub.add_parser("demo", help="prepare the demo collection, build its indexes, train, open the UI")
+    d.add_argument("--indexes", default="indexes", metavar="ROOT")
+    d.add_argument("--data", default="data/demo", help="where the demo collection goes")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=7860)
+    d.add_argument("--minutes", type=float, default=None, help="training budget per method")
+    d.add_argument("--no-train", action="store_true", help="skip background training")
+    d.add_argument("--no-app", action="store_true", help="prepare everything, then exit without opening the UI")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LookalikeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""Encoders: one type that turns images into L2-normalised vectors, whatever produced its weights.
+
+Spec strings (the same on the CLI, in the UI and in index manifests):
+
+* ``pixels`` — the image downsampled to 32×32 RGB, standardised per image (cosine = pixel correlation). The floor
+  every learned encoder has to beat.
+* ``random:NAME`` — a timm backbone with seeded random weights, the "no training" baseline.
+* ``timm:NAME`` — a timm backbone with pretrained weights, only if they are already on this machine (the
+  Hugging Face cache, torch hub's checkpoint folder, or ``timm:NAME?file=/path/weights.safetensors``). Nothing is
+  ever downloaded.
+* a path to a training run directory (``runs/NAME``) with ``encoder.safetensors`` + ``encoder.json``.
+
+``random:`` and ``timm:`` take options after ``?``: ``size`` (input pixels), ``stem`` (``default``/``small``),
+``seed`` (random only), ``file`` (timm only), e.g. ``random:resnet18?size=64&stem=small``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .errors import CheckpointError, LookalikeError, WeightsUnavailableError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PIXELS_SIZE = 32
+STEMS = ("default", "small")
+# The identity fields that must agree between an index and the encoder used to query it.
+IDENTITY_KEYS = ("kind", "backbone", "image_size", "dim", "stem", "weights")
+
+
+def build_backbone(backbone: str, stem: str = "default", pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """A timm backbone with pooled features (``num_classes=0``).
+
+    ``stem="small"`` suits tiny images (32–96 px): the stem downsamples 2× instead of 4× — the stem max-pool is
+    dropped where there is one, otherwise the first convolution gets stride 1 — so a 64 px image reaches the last
+    stage of a ResNet as a 4×4 map rather than 2×2, at the cost of a 128 px input, not 256 px. Parameter names and
+    shapes are unchanged, so the weights stay loadable into ``timm.create_model(backbone, num_classes=0)``.
+    """
+    import timm
+
+    if stem not in STEMS:
+        raise LookalikeError(f"unknown stem {stem!r}: use one of {', '.join(STEMS)}")
+    try:
+        model = timm.create_model(backbone, pretrained=pretrained, num_classes=0, **kwargs)
+    except RuntimeError as exc:  # timm raises RuntimeError for unknown names
+        if "Unknown model" in str(exc):
+            close = timm.list_models(f"*{backbone.split('.')[0][:6]}*")[:8]
+            hint = f" Similar names: {', '.join(close)}." if close else ""
+            raise LookalikeError(f"unknown timm backbone {backbone!r}.{hint}") from None
+        raise
+    if stem == "small":
+        if isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+            model.maxpool = nn.Identity()
+        else:
+            _first_conv(model).stride = (1, 1)
+    return model
+
+
+def _first_conv(model: nn.Module) -> nn.Conv2d:
+    name = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    if name:
+        mod = model.get_submodule(name) if name in dict(model.named_modules()) else None
+        if isinstance(mod, nn.Conv2d):
+            return mod
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d):
+            return mod
+    raise LookalikeError("backbone has no convolution to adapt for stem='small'")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def identity_matches(a: dict, b: dict) -> bool:
+    """True when two encoder identities would produce the same vectors."""
+    return all(a.get(k) == b.get(k) for k in IDENTITY_KEYS)
+
+
+def describe_identity(identity: dict) -> str:
+    """Short human form, e.g. ``run resnet18 @64px (weights 3fa2c1d0)``."""
+    kind = identity.get("kind")
+    if kind == "pixels":
+        return f"pixels {identity.get('image_size')}x{identity.get('image_size')}"
+    weights = str(identity.get("weights", ""))
+    short = weights[:8] if kind == "run" else weights
+    label = identity.get("method") or kind
+    return f"{label} {identity.get('backbone')} @{identity.get('image_size')}px ({short})"
+
+
+@dataclass
+class Encoder:
+    """Images → L2-normalised float32 vectors. Construct with :func:`load_encoder`."""
+
+    spec: str
+    kind: str
+    backbone: str | None
+    image_size: int
+    dim: int
+    model: nn.Module
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    stem: str = "default"
+    weights: str = "none"
+    extra: dict = field(default_factory=dict)  # method, metrics… from a run's encoder.json
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def identity(self) -> dict:
+        ident = {
+            "spec": self.spec,
+            "kind": self.kind,
+            "backbone": self.backbone,
+            "image_size": self.image_size,
+            "dim": self.dim,
+            "stem": self.stem,
+            "weights": self.weights,
+        }
+        if self.extra.get("method"):
+            ident["method"] = self.extra["method"]
+        return ident
+
+    @property
+    def name(self) -> str:
+        return describe_identity(self.identity)
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        """PIL RGB → uint8 tensor (3, S, S): shorter side resized to S, centre crop. Cheap; runs in loader workers."""
+        s = self.image_size
+        w, h = img.size
+        scale = s / min(w, h)
+        nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0 if min(w, h) > 4 * s else None)
+        left, top = (nw - s) // 2, (nh - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+        arr = np.asarray(img, dtype=np.uint8)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (3, S, S)
+
+    @torch.inference_mode()
+    def embed_uint8(self, batch: torch.Tensor) -> np.ndarray:
+        """uint8 (B, 3, S, S) → float32 (B, dim), each row L2-normalised."""
+        x = batch.to(self.device, non_blocking=True).float().div_(255.0)  # (B, 3, S, S) in [0, 1]
+        if self.kind == "pixels":
+            z = x.flatten(1)  # (B, 3·S·S)
+            z = z - z.mean(dim=1, keepdim=True)
+        else:
+            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+            x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+            z = self.model(x).float()  # (B, dim)
+        z = F.normalize(z, dim=1, eps=1e-12)
+        return z.cpu().numpy().astype(np.float32, copy=False)
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.embed_uint8(torch.stack([self.preprocess(im) for im in images]))
+
+
+def _parse_options(rest: str) -> tuple[str, dict[str, str]]:
+    name, _, query = rest.partition("?")
+    opts = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
+    allowed = {"size", "stem", "seed", "file"}
+    unknown = set(opts) - allowed
+    if unknown:
+        raise LookalikeError(f"unknown encoder option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    if not name:
+        raise LookalikeError("encoder spec is missing the timm model name, e.g. random:resnet18")
+    return name, opts
+
+
+def _int_opt(opts: dict[str, str], key: str, default: int) -> int:
+    try:
+        value = int(opts.get(key, default))
+    except ValueError:
+        raise LookalikeError(f"encoder option {key}={opts[key]!r} must be an integer") from None
+    if value <= 0 and key != "seed":
+        raise LookalikeError(f"encoder option {key} must be positive")
+    return value
+
+
+def _default_size(model: nn.Module) -> int:
+    return int(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1])
+
+
+def _finish(model: nn.Module, device: torch.device) -> nn.Module:
+    model.eval().requires_grad_(False)
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def _random_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
+    name, opts = _parse_options(rest)
+    seed = _int_opt(opts, "seed", 0)
+    stem = opts.get("stem", "default")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_backbone(name, stem=stem)
+    size = _int_opt(opts, "size", _default_size(model))
+    return Encoder(spec, "random", name, size, int(model.num_features), _finish(model, device),
+                   stem=stem, weights=f"seed:{seed}", device=device)
+
+
+def _local_pretrained_file(name: str) -> str | None:
+    """Where timm's pretrained weights for ``name`` already lie on disk, if anywhere. Never downloads."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name.split("?")[0])
+    if cfg is None:
+        return None
+    cfg = cfg.to_dict()
+    if cfg.get("file") and Path(cfg["file"]).is_file():
+        return cfg["file"]
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(hub_id, filename)
+            if isinstance(found, str) and Path(found).is_file():
+                return found
+    url = cfg.get("url")
+    if url:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+        if cached.is_file():
+            return str(cached)
+    return None
+
+
+def _timm_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
+    import timm
+
+    name, opts = _parse_options(rest)
+    stem = opts.get("stem", "default")
+    file = opts.get("file")
+    if file is None:
+        if not timm.is_model(name.split(".")[0]):
+            raise LookalikeError(f"unknown timm backbone {name!r}")
+        file = _local_pretrained_file(name)
+        if file is None:
+            raise WeightsUnavailableError(
+                f"pretrained weights for {name!r} are not on this machine (looked in the Hugging Face cache and "
+                f"torch hub's checkpoints); Lookalike never downloads. Put the file there, or pass "
+                f"'timm:{name}?file=/path/to/weights.safetensors', or use 'random:{name}'."
+            )
+    elif not Path(file).is_file():
+        raise WeightsUnavailableError(f"weights file {file!r} does not exist")
+    model = build_backbone(name, stem=stem, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
+    cfg = model.pretrained_cfg
+    size = _int_opt(opts, "size", _default_size(model))
+    return Encoder(spec, "timm", name, size, int(model.num_features), _finish(model, device),
+                   mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
+                   stem=stem, weights="sha256:" + sha256_file(file)[:16], device=device)
+
+
+def read_run_manifest(run_dir: str | os.PathLike) -> dict:
+    """``encoder.json`` of a training run, validated. Raises CheckpointError with what is wrong."""
+    run = Path(run_dir)
+    meta_path = run / "encoder.json"
+    if not meta_path.is_file():
+        raise CheckpointError(
+            f"{run} has no encoder.json: not a finished training run (train one with 'lookalike train')")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{meta_path} is unreadable: {exc}") from None
+    missing = [k for k in ("format_version", "backbone", "image_size", "dim", "weights_sha256") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{meta_path} lacks {', '.join(missing)}")
+    if meta["format_version"] != 1:
+        raise CheckpointError(f"{meta_path} has format_version {meta['format_version']}; this Lookalike reads 1")
+    return meta
+
+
+def _run_encoder(spec: str, device: torch.device) -> Encoder:
+    from safetensors.torch import load_file
+
+    run = Path(spec)
+    meta = read_run_manifest(run)
+    weights = run / "encoder.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{run} has encoder.json but no encoder.safetensors")
+    digest = sha256_file(weights)
+    if digest != meta["weights_sha256"]:
+        raise CheckpointError(
+            f"{weights} does not match the sha256 in encoder.json (a partial or foreign file); "
+            "re-run training with --resume to rewrite it")
+    stem = meta.get("stem", "default")
+    model = build_backbone(meta["backbone"], stem=stem)
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights} does not fit backbone {meta['backbone']!r}: {exc}") from None
+    extra = {k: meta.get(k) for k in ("method", "metrics", "config", "data", "epoch", "step", "updated")}
+    return Encoder(str(run.resolve()), "run", meta["backbone"], int(meta["image_size"]), int(meta["dim"]),
+                   _finish(model, device), mean=tuple(meta.get("mean", IMAGENET_MEAN)),
+                   std=tuple(meta.get("std", IMAGENET_STD)), stem=stem, weights=digest, extra=extra, device=device)
+
+
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LookalikeError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def load_encoder(spec: str, device: str | torch.device = "cpu") -> Encoder:
+    """Build an :class:`Encoder` from a spec string (see module docstring)."""
+    spec = str(spec).strip()
+    dev = resolve_device(device)
+    if spec == "pixels":
+        return Encoder("pixels", "pixels", None, PIXELS_SIZE, 3 * PIXELS_SIZE * PIXELS_SIZE, nn.Identity(),
+                       device=dev)
+    if spec.startswith("random:"):
+        return _random_encoder(spec, spec[len("random:"):], dev)
+    if spec.startswith("timm:"):
+        return _timm_encoder(spec, spec[len("timm:"):], dev)
+    if Path(spec).is_dir():
+        return _run_encoder(spec, dev)
+    raise LookalikeError(
+        f"unknown encoder {spec!r}: use 'pixels', 'random:<timm-name>', 'timm:<timm-name>' or a training run "
+        "directory (runs/NAME)")

@@ -1,0 +1,221 @@
+"""The operations the CLI and the web UI offer, each one call: build, add, remove, refresh, search, evaluate.
+
+A :class:`Workspace` is an indexes root plus caches of loaded encoders and opened indexes (keyed, never global),
+so a long-lived app loads each model once while a CLI call stays a one-shot.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .collection import Collection, Item, Skipped, scan
+from .embed import embed_collection, embed_query
+from .encoders import Encoder, describe_identity, identity_matches, load_encoder
+from .errors import EncoderMismatchError, LookalikeError
+from .index_store import IndexStore, list_indexes
+from .metrics import evaluate_labelled
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Result:
+    rank: int
+    path: str
+    score: float
+    label: str | None = None
+
+    def to_json(self) -> dict:
+        return {"rank": self.rank, "path": self.path, "score": round(float(self.score), 6)}
+
+
+@dataclass
+class BuildReport:
+    name: str
+    count: int
+    dim: int
+    encoder: dict
+    skipped: list[Skipped] = field(default_factory=list)
+    added: int = 0
+    removed: int = 0
+    images_per_s: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "count": self.count, "dim": self.dim, "encoder": self.encoder,
+                "added": self.added, "removed": self.removed,
+                "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped]}
+
+
+class Workspace:
+    """Indexes under ``root`` (default ``./indexes``) and the encoders that built them."""
+
+    def __init__(self, root: str | Path = "indexes", device: str = "cpu"):
+        self.root = Path(root)
+        self.device = device
+        self._encoders: dict[str, Encoder] = {}
+        self._stores: dict[str, IndexStore] = {}
+        self._lock = threading.RLock()
+
+    # ----- encoders and stores -------------------------------------------------------------------------------
+    def encoder(self, spec: str) -> Encoder:
+        with self._lock:
+            if spec not in self._encoders:
+                self._encoders[spec] = load_encoder(spec, device=self.device)
+            return self._encoders[spec]
+
+    def store(self, name: str) -> IndexStore:
+        with self._lock:
+            store = self._stores.get(name)
+            if store is None:
+                store = self._stores[name] = IndexStore.open(self.root, name)
+            else:
+                store.reload_if_changed()
+            return store
+
+    def encoder_for(self, store: IndexStore, spec: str | None = None) -> Encoder:
+        """The encoder an index was built with (or ``spec``, which must match it)."""
+        built = store.manifest["encoder"]
+        encoder = self.encoder(spec or built["spec"])
+        if not identity_matches(encoder.identity, built):
+            raise EncoderMismatchError(
+                f"index {store.name!r} was built with {describe_identity(built)}, not "
+                f"{describe_identity(encoder.identity)}; search it with its own encoder or rebuild it with "
+                f"'lookalike index build DIR --encoder {encoder.spec} --name {store.name} --overwrite'")
+        return encoder
+
+    def list(self) -> list[dict]:
+        return list_indexes(self.root)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._stores.pop(name, None)
+
+    # ----- writes --------------------------------------------------------------------------------------------
+    def build(self, directory: str | Path, encoder_spec: str, name: str, index_type: str = "auto",
+              overwrite: bool = False, batch_size: int = 64, workers: int | None = None, progress: bool = True,
+              on_progress: Progress | None = None) -> BuildReport:
+        """Scan ``directory``, embed every good image, write ``root/name``. Bad files are reported, not fatal."""
+        encoder = self.encoder(encoder_spec)
+        collection = scan(directory, labels=True, progress=progress)
+        if not overwrite and (self.root / name / "manifest.json").exists():
+            raise LookalikeError(f"index {name!r} already exists under {self.root}; pass --overwrite to rebuild "
+                                 f"it or 'lookalike index refresh {name}' to update it")
+        result = embed_collection(encoder, collection, batch_size=batch_size, workers=workers,
+                                  progress=progress, on_progress=on_progress)
+        by_path = {it.path: it for it in collection.items}
+        skipped = collection.skipped + result.skipped
+        store = IndexStore.create(self.root, name, encoder.identity, encoder.dim, Path(directory).resolve(),
+                                  index_type=index_type, overwrite=overwrite,
+                                  items=[by_path[p] for p in result.paths], vectors=result.vectors,
+                                  skipped=skipped)
+        self.forget(name)
+        return BuildReport(name, store.count, encoder.dim, encoder.identity, sorted(skipped, key=_by_path),
+                           added=len(result.paths), images_per_s=result.images_per_s)
+
+    def add(self, name: str, paths: list[str | Path], progress: bool = True,
+            on_progress: Progress | None = None) -> BuildReport:
+        """Add (or re-embed) files of the index's collection, given relative to its root or as absolute paths."""
+        store = self.store(name)
+        root = Path(store.manifest["root"])
+        rel = [self._relative(root, p) for p in paths]
+        full = scan(root, labels=True, progress=False)
+        wanted = set(rel)
+        items = [it for it in full.items if it.path in wanted]
+        skipped = [s for s in full.skipped if s.path in wanted]
+        missing = wanted - {it.path for it in items} - {s.path for s in skipped}
+        skipped += [Skipped(p, "file not found") for p in sorted(missing)]
+        return self._apply(store, Collection(root, items, []), items, [], skipped, progress, on_progress)
+
+    def remove(self, name: str, paths: list[str | Path]) -> BuildReport:
+        store = self.store(name)
+        root = Path(store.manifest["root"])
+        rel = [self._relative(root, p) for p in paths]
+        removed = store.remove(rel)
+        return BuildReport(name, store.count, store.manifest["dim"], store.manifest["encoder"], removed=removed)
+
+    def refresh(self, name: str, progress: bool = True, on_progress: Progress | None = None) -> BuildReport:
+        """Re-scan the collection: embed only new or changed files (size or mtime), drop deleted ones."""
+        store = self.store(name)
+        root = Path(store.manifest["root"])
+        if not root.is_dir():
+            raise LookalikeError(f"the collection folder of {name!r} ({root}) no longer exists")
+        current = scan(root, labels=True, progress=progress)
+        known = store.items()
+        changed = [it for it in current.items
+                   if it.path not in known or (known[it.path].size, known[it.path].mtime) != (it.size, it.mtime)]
+        present = {it.path for it in current.items}
+        gone = [p for p in known if p not in present]
+        return self._apply(store, current, changed, gone, current.skipped, progress, on_progress,
+                           replace_skipped=True)
+
+    def _apply(self, store: IndexStore, collection: Collection, to_embed: list[Item], to_remove: list[str],
+               skipped: list[Skipped], progress: bool, on_progress: Progress | None,
+               replace_skipped: bool = False) -> BuildReport:
+        encoder = self.encoder_for(store)
+        result = embed_collection(encoder, collection, paths=[it.path for it in to_embed], progress=progress,
+                                  on_progress=on_progress)
+        by_path = {it.path: it for it in to_embed}
+        skipped = skipped + result.skipped
+        # Files that no longer decode are dropped from the index too, rather than left with stale vectors.
+        to_remove = sorted(set(to_remove) | ({s.path for s in result.skipped} & set(store.items())))
+        if not replace_skipped:
+            fixed = set(result.paths)
+            skipped = [s for s in store.skipped() if s.path not in fixed and s.path not in by_path] + skipped
+        store.update(items=[by_path[p] for p in result.paths], vectors=result.vectors, remove=to_remove,
+                     skipped=skipped)
+        return BuildReport(store.name, store.count, encoder.dim, encoder.identity, sorted(skipped, key=_by_path),
+                           added=len(result.paths), removed=len(to_remove), images_per_s=result.images_per_s)
+
+    @staticmethod
+    def _relative(root: Path, path: str | Path) -> str:
+        p = Path(path)
+        if p.is_absolute():
+            try:
+                return p.resolve().relative_to(root.resolve()).as_posix()
+            except ValueError:
+                raise LookalikeError(f"{p} is not inside the indexed collection {root}") from None
+        return p.as_posix()
+
+    # ----- reads ---------------------------------------------------------------------------------------------
+    def search(self, name: str, image, k: int = 10, encoder_spec: str | None = None) -> list[Result]:
+        """Top-k of ``image`` (path, bytes or PIL image) in index ``name``, best first."""
+        if k < 1:
+            raise LookalikeError("k must be at least 1")
+        store = self.store(name)
+        encoder = self.encoder_for(store, encoder_spec)
+        vector = embed_query(encoder, image)
+        hits = store.search(vector[None, :], k)[0]
+        return [Result(i + 1, h.path, float(h.score), h.label) for i, h in enumerate(hits)]
+
+    def resolve(self, name: str, rel_path: str) -> Path:
+        """Absolute path of an indexed item, refusing anything that is not one (used to serve files safely)."""
+        store = self.store(name)
+        if rel_path not in store.items():
+            raise LookalikeError(f"{rel_path!r} is not an item of index {name!r}")
+        return Path(store.manifest["root"]) / rel_path
+
+
+def _by_path(s: Skipped) -> str:
+    return s.path
+
+
+def evaluate_folder(directory: str | Path, encoder: Encoder, progress: bool = True,
+                    batch_size: int = 64) -> dict:
+    """Leave-one-out retrieval metrics of ``encoder`` on a folder whose sub-folders are labels."""
+    collection = scan(directory, labels=True, progress=progress)
+    labelled = [it for it in collection.items if it.label is not None]
+    if len({it.label for it in labelled}) < 2:
+        raise LookalikeError(f"{directory} needs at least two labelled sub-folders of images to evaluate")
+    result = embed_collection(encoder, collection, paths=[it.path for it in labelled], batch_size=batch_size,
+                              progress=progress)
+    label_of = {it.path: it.label for it in labelled}
+    labels = np.array([label_of[p] for p in result.paths], dtype=object)
+    metrics = evaluate_labelled(result.vectors, labels)
+    metrics.update({"count": len(result.paths), "classes": int(len(set(labels))), "encoder": encoder.identity,
+                    "skipped": len(collection.skipped) + len(result.skipped)})
+    return metrics
