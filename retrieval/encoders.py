@@ -204,6 +204,17 @@ def _finish(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device, memory_format=torch.channels_last)
 
 
+def feature_dim(model: nn.Module) -> int:
+    """Width of the pooled output. Measured, because ``num_features`` is the pre-head width for models with a head
+    after pooling (e.g. MobileNetV3: 576 vs 1024)."""
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        dim = int(model(torch.zeros(1, 3, 64, 64, device=next(model.parameters()).device)).shape[-1])
+    model.train(was_training)
+    return dim
+
+
 def _random_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
     name, opts = _parse_options(rest)
     seed = _int_opt(opts, "seed", 0)
@@ -212,7 +223,7 @@ def _random_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
         torch.manual_seed(seed)
         model = build_backbone(name, stem=stem)
     size = _int_opt(opts, "size", _default_size(model))
-    return Encoder(spec, "random", name, size, int(model.num_features), _finish(model, device),
+    return Encoder(spec, "random", name, size, feature_dim(model), _finish(model, device),
                    stem=stem, weights=f"seed:{seed}", device=device)
 
 
@@ -263,7 +274,7 @@ def _timm_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
     model = build_backbone(name, stem=stem, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
     cfg = model.pretrained_cfg
     size = _int_opt(opts, "size", _default_size(model))
-    return Encoder(spec, "timm", name, size, int(model.num_features), _finish(model, device),
+    return Encoder(spec, "timm", name, size, feature_dim(model), _finish(model, device),
                    mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
                    stem=stem, weights="sha256:" + sha256_file(file)[:16], device=device)
 

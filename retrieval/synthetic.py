@@ -70,16 +70,20 @@ def draw_shape(kind: str, colour: tuple[int, int, int], size: int, rng: np.rando
 
 
 def make_collection(root: str | Path, n_classes: int = 8, per_class: int = 8, size: int = 48, seed: int = 0,
-                    fmt: str = "png", labelled: bool = True) -> list[Path]:
+                    fmt: str = "png", labelled: bool = True, draw_seed: int | None = None) -> list[Path]:
     """Write ``n_classes × per_class`` images under ``root`` (in ``root/<class>/`` when ``labelled``).
 
-    Classes combine a shape and a colour family (``n_classes`` ≤ 48). Returns the written paths, sorted.
+    Classes combine a shape and a colour family (``n_classes`` ≤ 48); ``seed`` picks the classes, ``draw_seed``
+    (default: ``seed``) the individual drawings, so two calls with the same ``seed`` and different ``draw_seed``
+    give new members of the same classes. Returns the written paths, sorted.
     """
     combos = [(s, c) for c in range(len(HUES)) for s in SHAPES]
     if n_classes > len(combos):
         raise ValueError(f"at most {len(combos)} classes")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(combos))[:n_classes]
+    if draw_seed is not None:
+        rng = np.random.default_rng(draw_seed)
     root = Path(root)
     paths = []
     for ci in order:

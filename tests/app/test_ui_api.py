@@ -1,0 +1,134 @@
+"""The web UI's named endpoints, driven over HTTP with gradio_client like any script would."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from .app_server import start_app
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the app is local: never via a proxy
+
+
+@pytest.fixture(scope="module")
+def running_app(tmp_path_factory):
+    """4 labelled classes × 4 images of 32 px, indexed with ``pixels`` and ``random:resnet10t``, served locally."""
+    app = start_app(tmp_path_factory.mktemp("ui"), n_classes=4, per_class=4, size=32)
+    yield app
+    app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(running_app):
+    # download_files=False: results stay JSON; a returned dict with a "path" is not fetched as a file.
+    return Client(running_app.url, download_files=False, verbose=False)
+
+
+def _rel(running_app, path) -> str:
+    return path.relative_to(running_app.collection).as_posix()
+
+
+@pytest.mark.parametrize("index", ["pixels", "random"])
+def test_search_finds_the_query_itself_first(client, running_app, index):
+    query = running_app.images[5]
+    gallery, results = client.predict(handle_file(str(query)), index, 4, api_name="/search")
+
+    assert [r["rank"] for r in results] == [1, 2, 3, 4]
+    assert results[0]["path"] == _rel(running_app, query)
+    assert results[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert all(a["score"] >= b["score"] for a, b in zip(results, results[1:]))
+    # The gallery shows the same results, captioned "score · path".
+    assert len(gallery) == 4
+    assert gallery[0]["caption"] == f"{results[0]['score']:.3f} · {results[0]['path']}"
+
+
+def test_compare_runs_one_query_against_each_index(client, running_app):
+    query = running_app.images[9]
+    by_index = client.predict(handle_file(str(query)), ["pixels", "random"], 3, api_name="/compare")
+
+    assert set(by_index) == {"pixels", "random"}
+    for results in by_index.values():
+        assert len(results) == 3
+        assert results[0]["path"] == _rel(running_app, query)
+        assert results[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_compare_defaults_to_every_index(client, running_app):
+    by_index = client.predict(handle_file(str(running_app.images[0])), [], 2, api_name="/compare")
+    assert list(by_index) == ["pixels", "random"]
+
+
+def test_a_file_that_is_not_an_image_is_refused_with_the_reason(client, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a picture\n")
+    with pytest.raises(AppError, match="Cannot use that image: not an image"):
+        client.predict(handle_file(str(text)), "pixels", 3, api_name="/search")
+    with pytest.raises(AppError, match="not an image"):
+        client.predict(handle_file(str(text)), ["pixels"], 3, api_name="/compare")
+
+
+def test_uploads_are_capped_at_20_mb(client, running_app, tmp_path):
+    big = tmp_path / "huge.png"
+    with open(big, "wb") as f:
+        f.write(running_app.images[0].read_bytes())
+        f.truncate(21 * 1024 * 1024)  # sparse: cheap to make
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 20971520 bytes"):
+        client.predict(handle_file(str(big)), "pixels", 3, api_name="/search")
+
+
+def test_an_unknown_index_is_refused_with_the_available_names(client, running_app):
+    query = handle_file(str(running_app.images[0]))
+    with pytest.raises(AppError, match=r"No index named 'nope'; available: pixels, random"):
+        client.predict(query, "nope", 3, api_name="/search")
+    with pytest.raises(AppError, match=r"No index named 'nope'"):
+        client.predict(query, ["pixels", "nope"], 3, api_name="/compare")
+
+
+def test_out_of_range_k_is_refused(client, running_app):
+    with pytest.raises(AppError, match="k must be between 1 and"):
+        client.predict(handle_file(str(running_app.images[0])), "pixels", 0, api_name="/search")
+
+
+def test_only_files_of_indexed_collections_are_served(running_app, tmp_path):
+    def status(path) -> int:
+        url = running_app.url + "gradio_api/file=" + urllib.parse.quote(str(path))
+        try:
+            with _DIRECT.open(url, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(running_app.images[0].read_bytes())
+    assert status(running_app.images[0]) == 200
+    assert status(outside) == 403
+    assert status(running_app.collection.parent / "indexes" / "pixels" / "manifest.json") == 403
+
+
+def test_a_bare_path_payload_cannot_name_a_file_on_the_server(running_app, tmp_path):
+    # gradio_client uploads local files itself, so speak the HTTP API directly, as a hostile client would.
+    import json
+
+    outside = tmp_path / "private.png"
+    outside.write_bytes(running_app.images[0].read_bytes())
+    call = running_app.url + "gradio_api/call/search"
+    body = json.dumps({"data": [{"path": str(outside)}, "pixels", 2]}).encode()
+    req = urllib.request.Request(call, data=body, headers={"Content-Type": "application/json"})
+    with _DIRECT.open(req, timeout=10) as resp:
+        event_id = json.load(resp)["event_id"]
+    with _DIRECT.open(f"{call}/{event_id}", timeout=30) as resp:
+        stream = resp.read().decode()
+    assert "event: error" in stream and "must be uploaded" in stream
+    assert "star" not in stream and "score" not in stream
+
+
+def test_the_api_lists_exactly_the_two_named_endpoints(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(endpoints) == {"/search", "/compare"}
+    assert [p["parameter_name"] for p in endpoints["/search"]["parameters"]] == ["image", "index", "k"]
+    assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == ["image", "indexes", "k"]

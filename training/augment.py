@@ -1,0 +1,476 @@
+"""Two-view augmentation for self-supervised training, split for speed on few CPU cores.
+
+The SimCLR recipe (Chen et al., 2020) is: random resized crop -> horizontal flip -> colour jitter (p=0.8,
+brightness/contrast/saturation 0.8s, hue 0.2s) -> grayscale (p=0.2) -> Gaussian blur (kernel ~10% of the image,
+sigma in [0.1, 2.0]) -> normalise. BYOL (Grill et al., 2020) makes the two views asymmetric: blur with p=1.0 / 0.1
+and solarize with p=0.0 / 0.2.
+
+Here the recipe runs in two places:
+
+* :class:`TwoViewTransform` — the *geometric* part (crop + flip), per image, in the DataLoader workers. It turns
+  a decoded image into two small ``uint8`` tensors (3, S, S); everything after it is fixed-size, so batches
+  collate without padding and cross process boundaries at one byte per pixel.
+* :class:`BatchAugment` — the *photometric* part (jitter, grayscale, blur, solarize, normalise), on a whole
+  ``uint8`` batch (B, 3, S, S) in the training process, on the training device, with independent random
+  parameters per sample drawn as (B,)-shaped tensors. On 2 CPU cores this is about 5x faster than running the
+  same torchvision v2 ops image by image (64 px, batch 256: ~4,100 vs ~770 images/s, tensors or PIL alike;
+  ``python -m training.augment 2`` measures it), and on a GPU it is nearly free (~50,000 images/s).
+
+Randomness comes only from torch: the global generator or an explicit ``torch.Generator``. ``BatchAugment``
+draws all its numbers on the CPU, so a seed gives the same augmentation on any device.
+
+Typical use::
+
+    views = views_for("simclr", AugmentConfig(image_size=64))
+    dataset = MyImages(transform=views.geometric)          # worker: PIL -> (uint8 view1, uint8 view2)
+    for v1, v2 in loader:                                   # (B, 3, S, S) uint8 each
+        x1, x2 = views(v1.to(device), v2.to(device))        # normalised float32 (B, 3, S, S)
+        loss = method(x1, x2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from retrieval.encoders import IMAGENET_MEAN, IMAGENET_STD
+from retrieval.errors import LookalikeError
+
+__all__ = ["AugmentConfig", "TwoViewTransform", "BatchAugment", "TwoViewPipeline", "simclr_views", "byol_views",
+           "views_for", "VIEWS", "blur_kernel_size", "MEAN", "STD"]
+
+MEAN: tuple[float, float, float] = IMAGENET_MEAN
+STD: tuple[float, float, float] = IMAGENET_STD
+_GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """Odd kernel size of about 10% of the image side (SimCLR: 23 px at 224 px), at least 3."""
+    k = int(0.1 * image_size)
+    k = k if k % 2 == 1 else k + 1
+    return max(3, k)
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation settings with SimCLR's defaults; ``strength`` is the colour-jitter strength ``s``.
+
+    All probabilities are per view. ``mean``/``std`` are the normalisation written into the checkpoint so that
+    retrieval preprocesses exactly as training did.
+    """
+
+    image_size: int = 64
+    strength: float = 1.0
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5  # on the [0, 1] scale: pixels >= 0.5 (uint8 >= 128) are inverted
+    mean: tuple[float, float, float] = field(default=MEAN)
+    std: tuple[float, float, float] = field(default=STD)
+
+    def __post_init__(self) -> None:
+        # accept lists (e.g. from JSON) but store tuples
+        for name in ("crop_scale", "crop_ratio", "blur_sigma", "mean", "std"):
+            setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(msg: str) -> LookalikeError:
+            return LookalikeError(f"invalid augmentation setting: {msg}")
+
+        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 8:
+            raise bad(f"image_size must be an integer >= 8, got {self.image_size!r}")
+        if not 0.0 <= self.strength <= 2.5:
+            raise bad(f"strength must be between 0 and 2.5 (hue jitter 0.2*s may not exceed 0.5), got {self.strength}")
+        lo, hi = self.crop_scale
+        if len(self.crop_scale) != 2 or not 0.0 < lo <= hi <= 1.0:
+            raise bad(f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {self.crop_scale}")
+        lo, hi = self.crop_ratio
+        if len(self.crop_ratio) != 2 or not 0.0 < lo <= hi:
+            raise bad(f"crop_ratio must be (min, max) with 0 < min <= max, got {self.crop_ratio}")
+        lo, hi = self.blur_sigma
+        if len(self.blur_sigma) != 2 or not 0.0 < lo <= hi:
+            raise bad(f"blur_sigma must be (min, max) with 0 < min <= max, got {self.blur_sigma}")
+        for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p", "solarize_threshold"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise bad(f"{name} must be between 0 and 1, got {v}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise bad(f"mean and std need 3 values each and std > 0, got mean={self.mean} std={self.std}")
+
+    @property
+    def blur_kernel(self) -> int:
+        return blur_kernel_size(self.image_size)
+
+    @property
+    def jitter(self) -> tuple[float, float, float, float]:
+        """(brightness, contrast, saturation, hue) = (0.8s, 0.8s, 0.8s, 0.2s)."""
+        s = self.strength
+        return 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Geometric part: per image, in DataLoader workers
+# --------------------------------------------------------------------------------------------------------------
+class TwoViewTransform:
+    """PIL image or uint8 tensor (3, H, W) -> two independently cropped and flipped uint8 views (3, S, S).
+
+    ``presize``: a large photo is first shrunk by the largest integer factor that keeps its short side at least
+    ``presize`` pixels (default ``4 * image_size``), with Pillow's box ``reduce``: cheap, and it makes the crops'
+    resampling cheap; even a 0.08-area crop of the result still spans >= 1.1 * S pixels per side.
+    ``presize=0`` disables it. (Decoding itself is cheaper still with ``Image.draft`` before loading a JPEG.)
+    """
+
+    def __init__(self, cfg: AugmentConfig, presize: int | None = None):
+        from torchvision.transforms import v2
+
+        self.cfg = cfg
+        self.presize = 4 * cfg.image_size if presize is None else int(presize)
+        self._geometric = v2.Compose([
+            v2.RandomResizedCrop(cfg.image_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True),
+            v2.RandomHorizontalFlip(cfg.flip_p),
+        ])
+
+    def _to_tensor(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
+        if isinstance(img, torch.Tensor):
+            if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"expected a uint8 tensor (3, H, W), got {img.dtype} {tuple(img.shape)}")
+            return img
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"expected a PIL image or a uint8 tensor, got {type(img).__name__}")
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        if self.presize:
+            factor = min(img.size) // self.presize
+            if factor >= 2:
+                img = img.reduce(factor)
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        return pil_to_tensor(img)  # (3, H, W) uint8
+
+    def __call__(self, img: Image.Image | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._to_tensor(img)
+        v1 = self._geometric(x).contiguous()  # (3, S, S) uint8
+        v2_ = self._geometric(x).contiguous()  # (3, S, S) uint8
+        return v1, v2_
+
+    def __repr__(self) -> str:
+        return f"TwoViewTransform(size={self.cfg.image_size}, scale={self.cfg.crop_scale}, presize={self.presize})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Photometric part: batched, per-sample random parameters
+# --------------------------------------------------------------------------------------------------------------
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 1, H, W) grey level."""
+    r, g, b = x.unbind(dim=1)
+    return torch.mul(r, _GRAY[0]).add_(g, alpha=_GRAY[1]).add_(b, alpha=_GRAY[2]).unsqueeze(1)
+
+
+def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:  # x: (n, 3, H, W), modified in place; f: (n,)
+    return x.mul_(f.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+
+
+def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype)
+    m = (x.mean(dim=(2, 3)) @ w).view(-1, 1, 1, 1)  # (n, 1, 1, 1) mean grey level
+    f = f.view(-1, 1, 1, 1)
+    return x.mul_(f).add_(m * (1.0 - f)).clamp_(0.0, 1.0)
+
+
+def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    f = f.view(-1, 1, 1, 1)
+    grey = _luma(x).mul_(1.0 - f)  # (n, 1, H, W)
+    return x.mul_(f).add_(grey).clamp_(0.0, 1.0)
+
+
+def _hue_sextant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(n, 3, H, W) RGB -> V = max, C = max - min and H6 = 6 * hue in [0, 6), each (n, 1, H, W).
+
+    Element-wise on the three planes: reductions over the short channel axis are slow on CPU.
+    """
+    r, g, b = x.unbind(dim=1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
+    inv = 1.0 / chroma.clamp_min(1e-12)
+    # (G-B)/C if R is the max, (B-R)/C + 2 if G is, (R-G)/C + 4 if B is
+    h6 = torch.where(maxc == r, (g - b) * inv, torch.where(maxc == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
+    h6 = torch.where(chroma > 0, h6.remainder(6.0), torch.zeros_like(h6))
+    return maxc.unsqueeze(1), chroma.unsqueeze(1), h6.unsqueeze(1)
+
+
+def _from_sextant(v: torch.Tensor, chroma: torch.Tensor, h6: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_hue_sextant`: RGB = V - C * clamp(min(k, 4 - k), 0, 1), k = (m + H6) mod 6, m = 5, 3, 1."""
+    m = torch.tensor([5.0, 3.0, 1.0], device=v.device, dtype=v.dtype).view(1, 3, 1, 1)
+    k = (m + h6).remainder_(6.0)  # (n, 3, H, W)
+    return v - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+
+
+def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of (n, 3, H, W) by ``f`` (n,) turns, f in [-0.5, 0.5] (HSV round trip, S and V kept)."""
+    v, chroma, h6 = _hue_sextant(x)
+    return _from_sextant(v, chroma, h6 + 6.0 * f.view(-1, 1, 1, 1))
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> HSV with all channels in [0, 1] (reference for tests and tools)."""
+    v, chroma, h6 = _hue_sextant(x)
+    s = torch.where(v > 0, chroma / v.clamp_min(1e-12), torch.zeros_like(v))
+    return torch.cat([h6 / 6.0, s, v], dim=1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) HSV in [0, 1] -> RGB."""
+    h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = (n + 6.0 * h) % 6.0
+    return v - v * s * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+
+
+_JITTER_OPS: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...] = (
+    _brightness, _contrast, _saturation, _hue)
+
+
+def _reflect_index(size: int, radius: int, device: torch.device) -> torch.Tensor:
+    """(size, 2r+1): input index read by each output position and tap under reflect padding (no edge repeat)."""
+    i = torch.arange(size, device=device).view(-1, 1) + torch.arange(-radius, radius + 1, device=device).view(1, -1)
+    i = i.abs()
+    return torch.where(i >= size, 2 * (size - 1) - i, i).clamp_(0, size - 1)
+
+
+def _blur_matrices(kern: torch.Tensor, size: int) -> torch.Tensor:
+    """Per-sample 1-D kernels (n, k) -> banded matrices (n, size_out, size_in) that apply them with reflection."""
+    n, k = kern.shape
+    idx = _reflect_index(size, k // 2, kern.device)  # (size, k)
+    mats = torch.zeros(n, size, size, device=kern.device, dtype=kern.dtype)
+    return mats.scatter_add_(2, idx.expand(n, size, k), kern.view(n, 1, k).expand(n, size, k))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Blur each image of (n, C, H, W) with its own sigma (n,): separable Gaussian, reflect padding.
+
+    Each 1-D pass is a batched matrix product with a banded (size x size) matrix per sample, which beats a
+    grouped convolution over n*C planes on CPU by about 2x at 64 px and needs no padding copy.
+    """
+    n, c, h, w = x.shape
+    radius = kernel_size // 2
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)  # (k,)
+    kern = torch.exp(-(t.view(1, -1) ** 2) / (2.0 * sigma.view(-1, 1).to(x.dtype) ** 2))  # (n, k)
+    kern = kern / kern.sum(dim=1, keepdim=True)
+    a_w = _blur_matrices(kern, w)  # (n, W, W)
+    a_h = a_w if h == w else _blur_matrices(kern, h)  # (n, H, H)
+    y = x.reshape(n, c * h, w) @ a_w.transpose(1, 2)  # horizontal pass, (n, C*H, W)
+    return a_h.unsqueeze(1) @ y.view(n, c, h, w)  # vertical pass, (n, C, H, W)
+
+
+class BatchAugment(nn.Module):
+    """uint8 (B, 3, H, W) -> normalised float32 (B, 3, H, W): colour jitter, grayscale, blur, solarize, normalise.
+
+    Every sample gets its own coin flips and factors, drawn from ``generator`` (a CPU ``torch.Generator``; default
+    torch's global CPU RNG) in one ``torch.rand(B, 13)`` call, so results depend only on the RNG state and the
+    batch, on any device. The order of the four jitter operations is random per sample, as in torchvision's
+    ``ColorJitter``. Each op matches torchvision's functional op on the same image and factor. Run it outside
+    ``autocast`` (it is float32 throughout).
+    """
+
+    _N_RANDOM = 13  # columns: jitter?, b, c, s, h, 4 order keys, gray?, blur?, sigma, solarize?
+
+    def __init__(self, cfg: AugmentConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.kernel_size = cfg.blur_kernel
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                normalize: bool = True) -> torch.Tensor:
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a uint8 batch (B, 3, H, W), got {x.dtype} {tuple(x.shape)}")
+        cfg = self.cfg
+        bsz, dev = x.shape[0], x.device
+        # All decisions are made on the CPU (no device synchronisation); only index and factor tensors move.
+        u = torch.rand(bsz, self._N_RANDOM, generator=generator)  # (B, 13) uniform [0, 1), CPU
+
+        def where(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # CPU and device indices of a mask
+            idx = mask.nonzero().squeeze(1)
+            return idx, idx.to(dev, non_blocking=True)
+
+        x = x.float().div_(255.0)  # (B, 3, H, W) in [0, 1]
+
+        # colour jitter: factors uniform in [max(0, 1 - a), 1 + a], hue shift uniform in [-h, h]
+        b, c, s, hue = cfg.jitter
+        jit, jit_d = where(u[:, 0] < cfg.jitter_p)
+        if len(jit):
+            lows = torch.tensor([max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -hue])
+            highs = torch.tensor([1 + b, 1 + c, 1 + s, hue])
+            factors = lows + (highs - lows) * u[jit, 1:5]  # (n, 4)
+            order = u[jit, 5:9].argsort(dim=1)  # (n, 4): a random permutation of the four ops per sample
+            xj = x[jit_d]  # (n, 3, H, W)
+            for stage in range(4):
+                for op, fn in enumerate(_JITTER_OPS):
+                    sel, sel_d = where(order[:, stage] == op)
+                    if len(sel):
+                        xj[sel_d] = fn(xj[sel_d], factors[sel, op].to(dev, non_blocking=True))
+            x[jit_d] = xj
+
+        gray, gray_d = where(u[:, 9] < cfg.gray_p)
+        if len(gray):
+            x[gray_d] = _luma(x[gray_d]).expand(-1, 3, -1, -1)
+
+        blur, blur_d = where(u[:, 10] < cfg.blur_p)
+        if len(blur):
+            lo, hi = cfg.blur_sigma
+            sigma = lo + (hi - lo) * u[blur, 11]  # (n,)
+            x[blur_d] = gaussian_blur(x[blur_d], sigma.to(dev, non_blocking=True), self.kernel_size)
+
+        sol, sol_d = where(u[:, 12] < cfg.solarize_p)
+        if len(sol):
+            xs = x[sol_d]
+            x[sol_d] = torch.where(xs >= cfg.solarize_threshold, 1.0 - xs, xs)
+
+        if normalize:
+            x = (x - self.mean.to(dev)) / self.std.to(dev)
+        return x
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return (f"jitter_p={c.jitter_p}, strength={c.strength}, gray_p={c.gray_p}, blur_p={c.blur_p}, "
+                f"kernel={self.kernel_size}, solarize_p={c.solarize_p}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Two-view pipelines
+# --------------------------------------------------------------------------------------------------------------
+class TwoViewPipeline(nn.Module):
+    """The geometric transform (for workers) plus one photometric :class:`BatchAugment` per view.
+
+    ``pipeline(v1, v2, generator=None) -> (x1, x2)`` takes the collated uint8 batches of both views.
+    """
+
+    def __init__(self, cfg: AugmentConfig, view1: AugmentConfig, view2: AugmentConfig, presize: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.geometric = TwoViewTransform(cfg, presize=presize)
+        self.view1 = BatchAugment(view1)
+        self.view2 = BatchAugment(view2)
+        self.mean, self.std = cfg.mean, cfg.std
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.view1(v1, generator), self.view2(v2, generator)
+
+
+def simclr_views(cfg: AugmentConfig | None = None, presize: int | None = None) -> TwoViewPipeline:
+    """SimCLR / MoCo v2 / SimSiam: the same pipeline for both views."""
+    cfg = cfg or AugmentConfig()
+    return TwoViewPipeline(cfg, cfg, cfg, presize)
+
+
+def byol_views(cfg: AugmentConfig | None = None, presize: int | None = None) -> TwoViewPipeline:
+    """BYOL / Barlow Twins: asymmetric views, blur p = 1.0 / 0.1 and solarize p = 0.0 / 0.2.
+
+    These four probabilities replace ``cfg.blur_p`` and ``cfg.solarize_p``; every other setting is shared.
+    """
+    cfg = cfg or AugmentConfig()
+    v1 = dataclasses.replace(cfg, blur_p=1.0, solarize_p=0.0)
+    v2 = dataclasses.replace(cfg, blur_p=0.1, solarize_p=0.2)
+    return TwoViewPipeline(cfg, v1, v2, presize)
+
+
+# which pipeline each method's paper uses (Barlow Twins follows BYOL's augmentations)
+VIEWS: dict[str, Callable[..., TwoViewPipeline]] = {
+    "simclr": simclr_views, "moco": simclr_views, "simsiam": simclr_views, "byol": byol_views, "barlow": byol_views,
+}
+
+
+def views_for(method: str, cfg: AugmentConfig | None = None, presize: int | None = None) -> TwoViewPipeline:
+    try:
+        build = VIEWS[method]
+    except KeyError:
+        raise LookalikeError(f"no augmentation pipeline for method {method!r}: choose one of {', '.join(VIEWS)}") from None
+    return build(cfg, presize)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Benchmark: batched vs per-image photometric augmentation
+# --------------------------------------------------------------------------------------------------------------
+def benchmark_photometric(image_size: int = 64, batch_size: int = 256, repeats: int = 5,
+                          threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Images per second of :class:`BatchAugment` against the same photometric ops through torchvision v2 one
+    image at a time, on uint8 tensors and on PIL images (the usual in-worker recipe).
+
+    ``python -m training.augment [threads] [device]`` prints the result. ``threads`` sets ``torch.set_num_threads``
+    for the measurement; per-image baselines always run on the CPU.
+    """
+    from torchvision.transforms import v2
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        cfg = AugmentConfig(image_size=image_size)
+        x = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+        pils = [v2.functional.to_pil_image(img) for img in x]
+        b, c, s, h = cfg.jitter
+        photometric = [
+            v2.RandomApply([v2.ColorJitter(b, c, s, h)], p=cfg.jitter_p),
+            v2.RandomGrayscale(cfg.gray_p),
+            v2.RandomApply([v2.GaussianBlur(cfg.blur_kernel, cfg.blur_sigma)], p=cfg.blur_p),
+        ]
+        finish = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)]
+        per_image = v2.Compose(photometric + finish)
+        batched = BatchAugment(cfg).to(device)
+        xd = x.to(device)
+
+        def sync() -> None:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+
+        def timed(fn: Callable[[], Any]) -> float:
+            fn()  # warm-up
+            sync()
+            best = math.inf
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                best = min(best, time.perf_counter() - t0)
+            return batch_size / best
+
+        with torch.inference_mode():
+            result = {"image_size": image_size, "batch_size": batch_size, "threads": torch.get_num_threads(),
+                      "device": device, "batched_images_per_s": timed(lambda: batched(xd))}
+            result["per_image_v2_tensor_images_per_s"] = timed(lambda: torch.stack([per_image(i) for i in x]))
+            result["per_image_v2_pil_images_per_s"] = timed(lambda: torch.stack([per_image(i) for i in pils]))
+        result["speedup_vs_tensor"] = result["batched_images_per_s"] / result["per_image_v2_tensor_images_per_s"]
+        result["speedup_vs_pil"] = result["batched_images_per_s"] / result["per_image_v2_pil_images_per_s"]
+        return result
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import json
+    import sys
+
+    n_threads = int(sys.argv[1]) if len(sys.argv) > 1 else None
+    on = sys.argv[2] if len(sys.argv) > 2 else "cpu"
+    size = int(sys.argv[3]) if len(sys.argv) > 3 else 64
+    print(json.dumps(benchmark_photometric(image_size=size, threads=n_threads, device=on), indent=2))

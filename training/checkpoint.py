@@ -1,0 +1,133 @@
+"""Training run directories: write a checkpoint atomically, read one back for ``--resume``.
+
+A run directory ``runs/NAME/`` holds (see the spec's checkpoint format)::
+
+    encoder.safetensors   backbone weights only, timm key names (what retrieval loads)
+    encoder.json          identity, config, data fingerprint, metrics, weights_sha256 — written last
+    state.pt              everything a resume needs; tensors and plain containers only (torch.load(weights_only=True))
+    metrics.jsonl         one JSON object per logged step / epoch
+
+Every file is first written in full to a hidden temporary name in the same directory (``.state.pt.tmp-PID``),
+flushed to disk, and then moved over the real name with ``os.replace``, which is atomic. All three temporaries
+are complete before the first rename, so the renames happen back to back and a crash leaves either the previous
+checkpoint or the new one; in the worst case (a crash between two renames) the weights are newer than
+``encoder.json`` and the loader's sha256 check refuses them until the run is resumed. ``state.pt`` is
+self-contained (it holds the whole method, backbone included), so resuming never depends on the other files.
+Temporaries are never read; :func:`remove_temporaries` deletes leftovers of a killed run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from retrieval.errors import CheckpointError
+
+__all__ = ["WEIGHTS", "META", "STATE", "METRICS", "FORMAT_VERSION", "STATE_VERSION", "save_checkpoint", "load_state",
+           "read_meta", "remove_temporaries", "backbone_tensors", "atomic_write_bytes", "now_iso"]
+
+WEIGHTS, META, STATE, METRICS = "encoder.safetensors", "encoder.json", "state.pt", "metrics.jsonl"
+FORMAT_VERSION = 1  # encoder.json
+STATE_VERSION = 1  # state.pt
+_TMP = re.compile(r"^\.(encoder\.safetensors|encoder\.json|state\.pt|metrics\.jsonl)\.tmp-\d+$")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _write_tmp(path: Path, data: bytes) -> Path:
+    tmp = _tmp_path(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old content or the new one, never a mix."""
+    path = Path(path)
+    os.replace(_write_tmp(path, data), path)
+
+
+def backbone_tensors(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's state dict as contiguous CPU tensors (safetensors wants contiguous, unshared storage;
+    channels-last weights are not contiguous in the default sense)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in backbone.state_dict().items()}
+
+
+def save_checkpoint(run_dir: str | os.PathLike, backbone: nn.Module, state: dict[str, Any],
+                    meta: dict[str, Any]) -> str:
+    """Write ``encoder.safetensors``, ``state.pt`` and ``encoder.json`` (last) atomically; returns the sha256.
+
+    ``meta`` is the content of ``encoder.json`` without ``weights_sha256`` (added here; ``state`` gets it too).
+    """
+    from safetensors.torch import save as safetensors_bytes
+
+    run = Path(run_dir)
+    weights = safetensors_bytes(backbone_tensors(backbone), metadata={"format": "pt"})
+    sha = hashlib.sha256(weights).hexdigest()
+    buf = io.BytesIO()
+    torch.save({**state, "weights_sha256": sha}, buf)
+    meta_bytes = (json.dumps({**meta, "weights_sha256": sha}, indent=2, default=str) + "\n").encode()
+    tmp_weights = _write_tmp(run / WEIGHTS, weights)
+    tmp_state = _write_tmp(run / STATE, buf.getvalue())
+    tmp_meta = _write_tmp(run / META, meta_bytes)
+    os.replace(tmp_state, run / STATE)
+    os.replace(tmp_weights, run / WEIGHTS)
+    os.replace(tmp_meta, run / META)  # last: a json always names weights that were fully written
+    return sha
+
+
+def load_state(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``state.pt`` of a run, loaded with ``weights_only=True`` onto the CPU. Raises CheckpointError if missing or
+    unreadable (temporary files of an interrupted write are never considered)."""
+    path = Path(run_dir) / STATE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path.parent} has no {STATE}: there is nothing to resume (drop --resume to start a new run there, "
+            "or give the --out of an earlier run)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors of a damaged file come in many types
+        raise CheckpointError(
+            f"{path} is damaged and cannot be resumed ({type(exc).__name__}: {str(exc)[:120]}); delete it to start "
+            "that run over, or train into a new --out") from None
+    if not isinstance(state, dict) or state.get("state_version") != STATE_VERSION:
+        raise CheckpointError(f"{path} is not a Lookalike {STATE} of version {STATE_VERSION}; it cannot be resumed")
+    return state
+
+
+def read_meta(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """``encoder.json`` of a run, or None when there is none (or it is unreadable)."""
+    path = Path(run_dir) / META
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def remove_temporaries(run_dir: str | os.PathLike) -> list[str]:
+    """Delete temporary files left by an interrupted checkpoint write; returns their names."""
+    run = Path(run_dir)
+    removed = []
+    if run.is_dir():
+        for p in run.iterdir():
+            if _TMP.match(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p.name)
+    return sorted(removed)

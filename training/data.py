@@ -1,0 +1,155 @@
+"""Training data: two augmented views per image of a scanned :class:`~retrieval.collection.Collection`.
+
+Three properties the trainer relies on:
+
+* **Deterministic views.** The geometric augmentation of image ``i`` in epoch ``e`` is drawn from a generator seeded
+  with ``(seed, e, i)``, not from whatever state a DataLoader worker happens to be in. The views are therefore the
+  same with 0 or 8 workers, in one process or split over data-parallel ranks, and after a resume.
+* **Resumable order.** :class:`EpochSampler` shuffles with a permutation that is a pure function of
+  ``(seed, epoch)`` and can start part-way through an epoch, so a resumed run sees exactly the batches an
+  uninterrupted one would have seen. It also does the data-parallel split (see its docstring), which is why the
+  trainer uses it instead of ``DistributedSampler`` (that one cannot start mid-epoch).
+* **Bad files never stop a run.** A scan reads headers only, so a truncated file shows up at decode time. The
+  dataset then substitutes the next decodable image (keeping every batch full, which the cross-rank gathers need)
+  and reports the bad file with the batch; the trainer records it in the run's ``encoder.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from retrieval.collection import Collection
+from retrieval.errors import BadImageError, LookalikeError
+from retrieval.imageio import MAX_PIXELS, load_image
+
+__all__ = ["TwoViewDataset", "EpochSampler", "collate_views", "sample_seed", "data_fingerprint"]
+
+# How many following images a bad file may be replaced by before the dataset gives up (a folder where this many
+# consecutive files fail to decode is not worth training on).
+_MAX_SUBSTITUTES = 64
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one (run seed, epoch, image) triple."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def data_fingerprint(collection: Collection) -> str:
+    """Short hash of the collection's (path, size, mtime) list: changes when any file is added, removed or edited."""
+    h = hashlib.sha256()
+    for it in collection.items:
+        h.update(f"{it.path}\0{it.size}\0{it.mtime:.6f}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
+
+
+class TwoViewDataset(Dataset):
+    """``dataset[(epoch, i)] -> (view1, view2, bad)``: two uint8 (3, S, S) views of image ``i`` and a list of
+    ``(path, reason)`` for files that failed to decode on the way (usually empty).
+
+    ``transform`` maps a PIL RGB image to two uint8 views (``training.augment.TwoViewTransform``). ``reduce_to``
+    lets big JPEGs decode at a fraction of their size (the crops are small anyway).
+    """
+
+    def __init__(self, collection: Collection, transform, seed: int = 0, reduce_to: int | None = None,
+                 max_pixels: int = MAX_PIXELS):
+        if not collection.items:
+            raise LookalikeError(f"no usable images in {collection.root}")
+        self.root = Path(collection.root)
+        self.paths = [it.path for it in collection.items]
+        self.transform = transform
+        self.seed = int(seed)
+        self.reduce_to = reduce_to
+        self.max_pixels = max_pixels
+        self._bad: dict[int, str] = {}  # index -> reason, per process (each worker keeps its own)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load(self, i: int):
+        if i in self._bad:
+            raise BadImageError(self._bad[i])
+        try:
+            return load_image(self.root / self.paths[i], max_pixels=self.max_pixels, reduce_to=self.reduce_to)
+        except BadImageError as exc:
+            self._bad[i] = exc.reason
+            raise
+
+    def __getitem__(self, key: tuple[int, int] | int):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        n = len(self.paths)
+        bad: list[tuple[str, str]] = []
+        for offset in range(min(n, _MAX_SUBSTITUTES)):
+            i = (index + offset) % n
+            try:
+                img = self._load(i)
+            except BadImageError as exc:
+                bad.append((self.paths[i], exc.reason))
+                continue
+            # The views depend only on (seed, epoch, index): same with any number of workers or ranks.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, epoch, index))
+                v1, v2 = self.transform(img)
+            return v1, v2, bad
+        raise LookalikeError(
+            f"{len(bad)} images in a row failed to decode near {self.paths[index]!r} (last: {bad[-1][1]}); "
+            f"check the folder {self.root} for damaged files")
+
+
+def collate_views(batch):
+    """[(v1, v2, bad), ...] -> (V1 (B, 3, S, S) uint8, V2 (B, 3, S, S) uint8, bad list)."""
+    v1 = torch.stack([b[0] for b in batch])
+    v2 = torch.stack([b[1] for b in batch])
+    bad = [entry for b in batch for entry in b[2]]
+    return v1, v2, bad
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` keys for one rank, one epoch at a time, in whole global batches.
+
+    The epoch's order is ``randperm(n)`` from a generator seeded with ``(seed, epoch)``; the tail that does not
+    fill a global batch of ``global_batch`` images is dropped (it comes first in another epoch's order). Each
+    global batch is cut into ``world_size`` contiguous slices and rank r takes slice r, so the ranks of a
+    data-parallel run together see exactly the batches a single process with the same global batch sees, in the
+    same order. ``set_epoch(epoch, start_batch)`` selects the epoch and skips its first ``start_batch`` batches
+    (resuming).
+    """
+
+    def __init__(self, n: int, global_batch: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True):
+        if global_batch % world_size:
+            raise ValueError(f"global batch {global_batch} is not divisible by world size {world_size}")
+        self.n, self.global_batch, self.seed = n, global_batch, int(seed)
+        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.local_batch = global_batch // world_size
+        self.epoch, self.start_batch = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // self.global_batch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The epoch's full permutation (n,)."""
+        if not self.shuffle:
+            return torch.arange(self.n)
+        g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1 & 0xFFFFFFFF))
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        perm = self.order(self.epoch).tolist()
+        lo = self.rank * self.local_batch
+        for b in range(self.start_batch, self.batches_per_epoch):
+            start = b * self.global_batch + lo
+            for i in perm[start:start + self.local_batch]:
+                yield self.epoch, i
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch - self.start_batch) * self.local_batch

@@ -1,0 +1,176 @@
+"""Self-supervised losses as pure functions (no state, no distributed calls).
+
+Shapes: N = local batch, D = embedding dim, W = world size, M = W*N = global batch, K = MoCo queue length.
+Where a method needs negatives from other ranks it gathers them itself (``training.distributed``) and passes
+the gathered tensors in; the functions here never talk to other processes.
+
+References
+- NT-Xent: Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations" (SimCLR), 2020.
+- InfoNCE with a queue: He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", 2020;
+  Chen et al., "Improved Baselines with Momentum Contrastive Learning" (MoCo v2), 2020.
+- BYOL: Grill et al., "Bootstrap Your Own Latent", 2020.
+- SimSiam: Chen & He, "Exploring Simple Siamese Representation Learning", 2021.
+- Barlow Twins: Zbontar et al., "Barlow Twins: Self-Supervised Learning via Redundancy Reduction", 2021.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["nt_xent", "info_nce", "byol_loss", "simsiam_loss", "barlow_twins_loss"]
+
+_F = TypeVar("_F", bound=Callable[..., torch.Tensor])
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _full_precision(fn: _F) -> _F:
+    """Run a loss in float32 even inside ``torch.autocast``: half-precision inputs are upcast and autocast is
+    switched off for the loss's own matrix products (similarities divided by a small temperature, or a D x D
+    cross-correlation summed over D^2 terms, lose too much in bfloat16). float64 inputs stay float64."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        up = lambda a: a.float() if isinstance(a, torch.Tensor) and a.dtype in _HALF else a  # noqa: E731
+        args = tuple(up(a) for a in args)
+        kwargs = {k: up(v) for k, v in kwargs.items()}
+        if tensors and torch.is_autocast_enabled(tensors[0].device.type):
+            with torch.autocast(tensors[0].device.type, enabled=False):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(f"{names} must be 2-D tensors of the same shape (N, D); got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+@_full_precision
+def nt_xent(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.5,
+    z1_all: torch.Tensor | None = None,
+    z2_all: torch.Tensor | None = None,
+    rank: int = 0,
+) -> torch.Tensor:
+    """Normalised temperature-scaled cross-entropy over 2N views (SimCLR, eq. 1).
+
+    For each of the 2N local views, the positive is the other view of the same image and the negatives are all
+    other 2M - 2 views of the (global) batch. The loss is the mean over the 2N local anchors of
+    ``-log exp(sim(i, j)/T) / sum_{k != i} exp(sim(i, k)/T)`` with ``sim`` the cosine similarity.
+
+    Args:
+        z1, z2: (N, D) projections of view 1 and view 2 of the same N images (normalised here; need not be).
+        temperature: T > 0.
+        z1_all, z2_all: (M, D) the same projections gathered from all ranks in rank order (with gradient, see
+            ``training.distributed.gather_with_grad``); ``None`` means single process (M = N, z*_all = z*).
+        rank: this process's rank; its rows are ``z*_all[rank*N : (rank+1)*N]``.
+    """
+    _check_pair(z1, z2, "z1 and z2")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if (z1_all is None) != (z2_all is None):
+        raise ValueError("pass both z1_all and z2_all (gathered from all ranks) or neither")
+    n = z1.shape[0]
+    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    if z1_all is None:
+        z1_all, z2_all, offset = z1, z2, 0
+    else:
+        _check_pair(z1_all, z2_all, "z1_all and z2_all")
+        z1_all, z2_all = F.normalize(z1_all, dim=1), F.normalize(z2_all, dim=1)
+        offset = rank * n
+        if offset + n > z1_all.shape[0]:
+            raise ValueError(f"rank {rank} with local batch {n} does not fit in gathered batch {z1_all.shape[0]}")
+    m = z1_all.shape[0]
+
+    anchors = torch.cat([z1, z2], dim=0)  # (2N, D)
+    candidates = torch.cat([z1_all, z2_all], dim=0)  # (2M, D): [view1 of all images, view2 of all images]
+    logits = anchors @ candidates.T / temperature  # (2N, 2M)
+
+    local = torch.arange(n, device=z1.device) + offset  # (N,) global image index of each local anchor
+    self_idx = torch.cat([local, local + m])  # (2N,) column of each anchor itself
+    pos_idx = torch.cat([local + m, local])  # (2N,) column of its other view
+    is_self = torch.zeros_like(logits, dtype=torch.bool)  # (2N, 2M)
+    is_self[torch.arange(2 * n, device=z1.device), self_idx] = True
+    logits = logits.masked_fill(is_self, float("-inf"))  # a view is never its own negative
+    return F.cross_entropy(logits, pos_idx)
+
+
+@_full_precision
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """MoCo's InfoNCE: one positive key per query against a queue of K negative keys.
+
+    Args:
+        q: (N, D) queries (normalised here).
+        k: (N, D) positive keys from the momentum encoder (normalised here; treated as constants: detached).
+        queue: (K, D) L2-normalised negative keys from earlier batches (detached).
+        temperature: T > 0.
+    Returns the mean over N of cross-entropy on logits (N, 1+K) whose label is 0 (the positive).
+    """
+    _check_pair(q, k, "q and k")
+    if queue.dim() != 2 or queue.shape[1] != q.shape[1]:
+        raise ValueError(f"queue must be (K, {q.shape[1]}), got {tuple(queue.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    q = F.normalize(q, dim=1)
+    k = F.normalize(k.detach(), dim=1)
+    l_pos = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
+    l_neg = q @ queue.detach().T  # (N, K)
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature  # (N, 1+K)
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)  # (N,) positive is column 0
+    return F.cross_entropy(logits, labels)
+
+
+@_full_precision
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL regression loss ``2 - 2 cos(p, z)`` averaged over the batch (range [0, 4]).
+
+    p: (N, D) online predictions; z: (N, D) target projections, treated as constants (detached here, the
+    target network is never trained by gradient). Identical directions give 0, opposite ones 4.
+    """
+    _check_pair(p, z, "p and z")
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
+
+
+@_full_precision
+def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's D(p, stopgrad(z)) = negative cosine similarity, averaged over the batch (range [-1, 1]).
+
+    p: (N, D) predictor outputs; z: (N, D) projections of the other view. The stop-gradient is applied *inside*
+    (``z.detach()``), so callers cannot forget it; it is what keeps SimSiam from collapsing.
+    The symmetric loss of the paper is ``0.5 * (simsiam_loss(p1, z2) + simsiam_loss(p2, z1))``.
+    """
+    _check_pair(p, z, "p and z")
+    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+@_full_precision
+def barlow_twins_loss(
+    z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, scale: float = 1.0, eps: float = 1e-5
+) -> torch.Tensor:
+    """Barlow Twins: push the cross-correlation of the two views' embeddings towards the identity.
+
+    Each embedding dimension is standardised over the batch (zero mean, unit population variance, like a
+    ``BatchNorm1d(affine=False)`` in training mode), ``C = z1_n.T @ z2_n / N`` (D, D), and the loss is
+    ``scale * (sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2)``.
+
+    z1, z2: (N, D) with N >= 2 (for data-parallel training pass the globally gathered batch).
+    """
+    _check_pair(z1, z2, "z1 and z2")
+    n = z1.shape[0]
+    if n < 2:
+        raise ValueError("Barlow Twins needs a batch of at least 2 samples to standardise over")
+    z1n = (z1 - z1.mean(0)) / torch.sqrt(z1.var(0, unbiased=False) + eps)  # (N, D)
+    z2n = (z2 - z2.mean(0)) / torch.sqrt(z2.var(0, unbiased=False) + eps)  # (N, D)
+    c = z1n.T @ z2n / n  # (D, D) cross-correlation
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+    return scale * (on_diag + lambd * off_diag)
