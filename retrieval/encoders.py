@@ -31,13 +31,12 @@ from PIL import Image
 from torch import nn
 
 from .errors import CheckpointError, LookalikeError, WeightsUnavailableError
+from .identity import IDENTITY_KEYS, describe_identity, identity_matches  # noqa: F401 (re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PIXELS_SIZE = 32
 STEMS = ("default", "small")
-# The identity fields that must agree between an index and the encoder used to query it.
-IDENTITY_KEYS = ("kind", "backbone", "image_size", "dim", "stem", "weights")
 
 
 def build_backbone(backbone: str, stem: str = "default", pretrained: bool = False, **kwargs: Any) -> nn.Module:
@@ -86,22 +85,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def identity_matches(a: dict, b: dict) -> bool:
-    """True when two encoder identities would produce the same vectors."""
-    return all(a.get(k) == b.get(k) for k in IDENTITY_KEYS)
-
-
-def describe_identity(identity: dict) -> str:
-    """Short human form, e.g. ``run resnet18 @64px (weights 3fa2c1d0)``."""
-    kind = identity.get("kind")
-    if kind == "pixels":
-        return f"pixels {identity.get('image_size')}x{identity.get('image_size')}"
-    weights = str(identity.get("weights", ""))
-    short = weights[:8] if kind == "run" else weights
-    label = identity.get("method") or kind
-    return f"{label} {identity.get('backbone')} @{identity.get('image_size')}px ({short})"
 
 
 @dataclass

@@ -55,6 +55,7 @@ import numpy as np
 
 from .collection import Item, Skipped
 from .errors import EncoderMismatchError, IndexNotFoundError, LookalikeError
+from .identity import identity_matches
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -69,8 +70,6 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 64
 SEARCH_CHUNK = 1024  # queries per FAISS call, bounds the over-fetch buffers
-# Same fields as encoders.IDENTITY_KEYS; repeated so opening an index does not import torch.
-IDENTITY_KEYS = ("kind", "backbone", "image_size", "dim", "stem", "weights")
 _REQUIRED = ("format_version", "name", "root", "encoder", "dim", "index_type", "factory", "metric", "count",
              "generation", "files", "created", "updated")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
@@ -189,9 +188,6 @@ def _describe(identity: dict) -> str:
             f"weights {str(identity.get('weights'))[:12]})")
 
 
-def identity_matches(a: dict, b: dict) -> bool:
-    """True when two encoder identities produce the same vectors (the spec string itself may differ)."""
-    return all(a.get(k) == b.get(k) for k in IDENTITY_KEYS)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,23 @@
+"""Encoder identity: which fields decide whether two encoders produce the same vectors. Torch-free, so opening an
+index does not import a deep-learning stack."""
+
+from __future__ import annotations
+
+# The identity fields that must agree between an index and the encoder used to query it.
+IDENTITY_KEYS = ("kind", "backbone", "image_size", "dim", "stem", "weights")
+
+
+def identity_matches(a: dict, b: dict) -> bool:
+    """True when two encoder identities would produce the same vectors."""
+    return all(a.get(k) == b.get(k) for k in IDENTITY_KEYS)
+
+
+def describe_identity(identity: dict) -> str:
+    """Short human form, e.g. ``simclr resnet10t @64px (3fa2c1d0)``."""
+    kind = identity.get("kind")
+    if kind == "pixels":
+        return f"pixels {identity.get('image_size')}x{identity.get('image_size')}"
+    weights = str(identity.get("weights", ""))
+    short = weights[:8] if kind == "run" else weights
+    label = identity.get("method") or kind
+    return f"{label} {identity.get('backbone')} @{identity.get('image_size')}px ({short})"
