@@ -526,6 +526,10 @@ class IndexStore:
     def items(self) -> dict[str, Item]:
         return dict(self._state.items())
 
+    def has(self, path: str) -> bool:
+        """Whether ``path`` is a live item — without copying the item table (used per served result)."""
+        return path in self._state.items()
+
     def paths(self) -> list[str]:
         return list(self._state.items())
 

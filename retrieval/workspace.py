@@ -195,7 +195,7 @@ class Workspace:
     def resolve(self, name: str, rel_path: str) -> Path:
         """Absolute path of an indexed item, refusing anything that is not one (used to serve files safely)."""
         store = self.store(name)
-        if rel_path not in store.items():
+        if not store.has(rel_path):
             raise LookalikeError(f"{rel_path!r} is not an item of index {name!r}")
         return Path(store.manifest["root"]) / rel_path
 
