@@ -156,7 +156,7 @@ def cmd_train(args) -> int:
 
     cfg_kwargs = {k: getattr(args, k) for k in (
         "method", "backbone", "image_size", "batch_size", "epochs", "minutes", "out", "resume", "device",
-        "lr", "workers", "seed", "precision") if getattr(args, k) is not None}
+        "lr", "workers", "seed", "precision", "stem", "pool") if getattr(args, k) is not None}
     config = TrainConfig(data_dir=args.dir, val_dir=args.val, **cfg_kwargs)
     run_dir = train(config, progress=True)
     print(f"encoder saved to {run_dir} — index with: lookalike index build {args.dir} --encoder {run_dir} "
@@ -251,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default="simclr", choices=("simclr", "moco", "byol", "simsiam", "barlow"))
     t.add_argument("--backbone", default=None, help="any timm model name")
     t.add_argument("--image-size", type=int, default=None)
+    t.add_argument("--stem", default=None, choices=("default", "small"),
+                   help="small: no early downsampling (more detail, ~3x the compute)")
+    t.add_argument("--pool", default=None, choices=("avg", "grid"),
+                   help="how the run's index vectors are pooled: avg (global, default) or grid (4x4 layout; "
+                        "best for aligned images such as icons and scans)")
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--minutes", type=float, default=None, help="time budget")

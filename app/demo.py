@@ -19,12 +19,27 @@ DEMO_BACKBONE = "resnet10t"  # fastest learner on 2 CPU cores at 64 px (see trai
 DEMO_STEM = "default"
 DEMO_IMAGE_SIZE = 64
 DEMO_MINUTES = 4.0
+# Emoji are aligned drawings on white: where a colour or part sits matters, so the demo's encoders index a 4x4 grid
+# of stride-16 features (retrieval.encoders, pool=grid), and train with milder augmentation than SimCLR's ImageNet
+# recipe — colour is most of what two vendors' drawings of one emoji share, so no grayscale and 0.3 jitter strength,
+# and crops of at least 30% keep the subject in view. Measured with bench/quality.py (README, Performance).
+DEMO_POOL = "grid"
+DEMO_AUGMENT = {"strength": 0.3, "gray_p": 0.0, "crop_scale": [0.3, 1.0]}
+
+
+def demo_config(method: str, data_dir: str | Path, out: str | Path, minutes: float, resume: bool = False):
+    """The TrainConfig the demo trains ``method`` with (also what ``bench/quality.py`` measures)."""
+    from training.trainer import TrainConfig
+
+    return TrainConfig(data_dir=str(data_dir), method=method, backbone=DEMO_BACKBONE, stem=DEMO_STEM,
+                       image_size=DEMO_IMAGE_SIZE, pool=DEMO_POOL, augment=dict(DEMO_AUGMENT), minutes=minutes,
+                       out=str(out), resume=resume)
 
 
 def baseline_specs() -> dict[str, str]:
     """Index name → encoder spec for the two untrained baselines, matched to the trained encoders' input."""
     return {"demo-pixels": "pixels",
-            "demo-random": f"random:{DEMO_BACKBONE}?size={DEMO_IMAGE_SIZE}&stem={DEMO_STEM}"}
+            "demo-random": f"random:{DEMO_BACKBONE}?size={DEMO_IMAGE_SIZE}&stem={DEMO_STEM}&pool={DEMO_POOL}"}
 
 
 def _log(msg: str) -> None:
@@ -42,7 +57,7 @@ def ensure_index(ws: Workspace, data: DemoData, name: str, spec: str) -> None:
 def train_and_index(ws: Workspace, data: DemoData, runs: Path, minutes: float, stop: threading.Event,
                     jobs=None) -> None:
     """Train each demo method in turn (skipping finished runs) and index what it produced."""
-    from training.trainer import TrainConfig, train
+    from training.trainer import train
 
     for method in DEMO_METHODS:
         if stop.is_set():
@@ -50,9 +65,7 @@ def train_and_index(ws: Workspace, data: DemoData, runs: Path, minutes: float, s
         run = runs / f"demo-{method}"
         name = f"demo-{method}"
         if not _run_done(run):
-            config = TrainConfig(data_dir=str(data.collection), method=method, backbone=DEMO_BACKBONE,
-                                 stem=DEMO_STEM, image_size=DEMO_IMAGE_SIZE, minutes=minutes, out=str(run),
-                                 resume=(run / "state.pt").exists())
+            config = demo_config(method, data.collection, run, minutes, resume=(run / "state.pt").exists())
             _log(f"training {method} for {minutes:g} min → {run}")
             if jobs is not None:
                 jobs.run_training(config, label=f"demo {method}", wait=True, stop=stop)

@@ -4,12 +4,14 @@ index does not import a deep-learning stack."""
 from __future__ import annotations
 
 # The identity fields that must agree between an index and the encoder used to query it.
-IDENTITY_KEYS = ("kind", "backbone", "image_size", "dim", "stem", "weights")
+IDENTITY_KEYS = ("kind", "backbone", "image_size", "dim", "stem", "weights", "pool")
+# What an identity written before a key existed meant by it.
+_DEFAULTS = {"pool": "avg"}
 
 
 def identity_matches(a: dict, b: dict) -> bool:
     """True when two encoder identities would produce the same vectors."""
-    return all(a.get(k) == b.get(k) for k in IDENTITY_KEYS)
+    return all(a.get(k, _DEFAULTS.get(k)) == b.get(k, _DEFAULTS.get(k)) for k in IDENTITY_KEYS)
 
 
 def describe_identity(identity: dict) -> str:
@@ -20,4 +22,5 @@ def describe_identity(identity: dict) -> str:
     weights = str(identity.get("weights", ""))
     short = weights[:8] if kind == "run" else weights
     label = identity.get("method") or kind
-    return f"{label} {identity.get('backbone')} @{identity.get('image_size')}px ({short})"
+    pool = " grid" if identity.get("pool", "avg") != "avg" else ""
+    return f"{label} {identity.get('backbone')} @{identity.get('image_size')}px{pool} ({short})"

@@ -55,7 +55,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from retrieval.collection import Collection, scan
-from retrieval.encoders import STEMS, Encoder, build_backbone, resolve_device
+from retrieval.encoders import POOLS, STEMS, Encoder, build_backbone, resolve_device
+from retrieval.encoders import feature_dim as pooled_dim
 from retrieval.errors import BadImageError, LookalikeError
 from retrieval.imageio import load_image
 
@@ -105,6 +106,7 @@ class TrainConfig:
     method: str = "simclr"
     backbone: str = DEFAULT_BACKBONE
     stem: str = DEFAULT_STEM
+    pool: str = "avg"
     image_size: int = 64
     batch_size: int = 128
     epochs: int | None = None
@@ -144,6 +146,7 @@ class TrainConfig:
         need(isinstance(self.backbone, str) and bool(self.backbone),
              "--backbone needs a timm model name, e.g. resnet10t")
         need(self.stem in STEMS, f"unknown stem {self.stem!r}: choose one of {', '.join(STEMS)}")
+        need(self.pool in POOLS, f"unknown --pool {self.pool!r}: choose one of {', '.join(POOLS)}")
         need(is_int(self.image_size) and 16 <= self.image_size <= 1024,
              f"--image-size must be an integer from 16 to 1024, got {self.image_size!r}")
         need(is_int(self.batch_size) and self.batch_size >= 2,
@@ -347,7 +350,7 @@ def _train(cfg: TrainConfig, ddp: _Distributed, show: bool, stop_event: threadin
     def knn(epoch_f: float) -> None:
         if monitor is None:
             return
-        acc = monitor(method.backbone, method.feat_dim)
+        acc = monitor(method.backbone, method.feat_dim if cfg.pool == "avg" else pooled_dim(method.backbone, cfg.pool))
         metrics["knn_acc"] = acc
         metrics.setdefault("knn_acc_start", acc)
         log({"step": step, "epoch": epoch_f, "knn_acc": acc, "time": time.perf_counter() - t0})
@@ -575,8 +578,11 @@ def _encoder_meta(cfg: TrainConfig, method: nn.Module, views: nn.Module, collect
                   finished: bool) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION, "kind": "run", "backbone": cfg.backbone, "method": cfg.method,
-        "image_size": cfg.image_size, "dim": int(method.feat_dim), "mean": list(views.mean),
-        "std": list(views.std), "stem": cfg.stem, "config": cfg.to_dict(),
+        "image_size": cfg.image_size, "mean": list(views.mean), "std": list(views.std), "stem": cfg.stem,
+        # the retrieval embedding: the backbone's features pooled as cfg.pool says (retrieval.encoders)
+        "pool": cfg.pool,
+        "dim": int(method.feat_dim) if cfg.pool == "avg" else pooled_dim(method.backbone, cfg.pool),
+        "config": cfg.to_dict(),
         "data": {"root": str(collection.root), "count": len(collection.items),
                  "fingerprint": data_fingerprint(collection), "skipped": len(collection.skipped),
                  "bad_while_training": [{"path": p, "reason": r} for p, r in sorted(bad_files.items())[:100]]},
@@ -872,7 +878,7 @@ class _KnnMonitor:
         aug = self.cfg.augment_config()
         return Encoder(spec="(training)", kind="run", backbone=self.cfg.backbone, image_size=self.cfg.image_size,
                        dim=dim, model=backbone, mean=tuple(aug.mean or MEAN),
-                       std=tuple(aug.std or STD), stem=self.cfg.stem, device=self.device)
+                       std=tuple(aug.std or STD), stem=self.cfg.stem, pool=self.cfg.pool, device=self.device)
 
     def __call__(self, backbone: nn.Module, dim: int) -> float:
         from retrieval.metrics import knn_accuracy

@@ -118,3 +118,41 @@ def test_run_directory_encoder_loads_and_verifies_sha(tmp_path):
 def test_directory_without_encoder_json_is_not_an_encoder(tmp_path):
     with pytest.raises(CheckpointError, match="encoder.json"):
         load_encoder(str(tmp_path))
+
+
+def test_grid_pooling_keeps_layout_of_the_stride16_stage(tmp_path):
+    avg = load_encoder("random:resnet10t?size=64")
+    grid = load_encoder("random:resnet10t?size=64&pool=grid")
+    assert avg.dim == 512 and grid.dim == 256 * 16  # layer3 has 256 channels, 4x4 cells
+    # the grid vector is layer3's map averaged over 4x4 cells, computed by hand here
+    x = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    xn = (x.float() / 255 - torch.tensor(grid.mean).view(1, 3, 1, 1)) / torch.tensor(grid.std).view(1, 3, 1, 1)
+    m = grid.model
+    with torch.no_grad():
+        h = m.layer3(m.layer2(m.layer1(m.maxpool(m.act1(m.bn1(m.conv1(xn)))))))  # (2, 256, 4, 4)
+    ref = torch.nn.functional.normalize(h.flatten(1), dim=1)
+    assert np.allclose(grid.embed_uint8(x), ref.numpy(), atol=1e-4)
+    # an image and its mirror image: the same for avg up to noise, different places for grid
+    img = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    img[:, 0, :, :20] = 255
+    both = torch.cat([img, img.flip(3)])
+    assert float(np.dot(*grid.embed_uint8(both))) < float(np.dot(*avg.embed_uint8(both)))
+    # different pooling = different vectors: identities must not match
+    assert not identity_matches(avg.identity, grid.identity) and "grid" in grid.name
+    # identities written before pooling existed mean "avg"
+    old = {k: v for k, v in avg.identity.items() if k != "pool"}
+    assert identity_matches(old, avg.identity) and not identity_matches(old, grid.identity)
+    with pytest.raises(LookalikeError, match="pool"):
+        load_encoder("random:resnet10t?pool=max")
+
+
+def test_run_directory_takes_a_pool_override(tmp_path):
+    run, _ = _fake_run(tmp_path)
+    enc = load_encoder(f"{run}?pool=grid")
+    assert enc.pool == "grid" and enc.dim == 256 * 16 and enc.spec.endswith("?pool=grid")
+    # the spec round-trips (an index manifest stores it and reloads the same encoder)
+    again = load_encoder(enc.spec)
+    assert identity_matches(enc.identity, again.identity)
+    assert load_encoder(str(run)).pool == "avg"
+    with pytest.raises(LookalikeError, match="allowed"):
+        load_encoder(f"{run}?size=64")

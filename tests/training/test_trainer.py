@@ -234,7 +234,7 @@ def test_get_lr_warms_up_then_follows_the_cosine_to_its_floor():
 
 def test_config_field_names_match_the_cli_flags():
     flags = ["method", "backbone", "image_size", "batch_size", "epochs", "minutes", "out", "resume", "val_dir",
-             "device", "lr", "workers", "seed", "precision"]
+             "device", "lr", "workers", "seed", "precision", "stem", "pool"]
     assert set(flags) <= set(TrainConfig.__dataclass_fields__)
 
 
@@ -252,3 +252,13 @@ def test_ctrl_c_finishes_the_step_saves_and_returns(tiny_config):
     assert load_state(run)["step"] == 2
     assert json.loads((run / "encoder.json").read_text())["finished"] is False
     assert signal.getsignal(signal.SIGINT) is before  # the trainer's handler is gone again
+
+
+def test_grid_pooled_run_records_its_pooling_and_dimension(tiny_config):
+    run = train(tiny_config(method="simclr", pool="grid"), progress=False)
+    meta = json.loads((run / "encoder.json").read_text())
+    enc = load_encoder(str(run))
+    assert meta["pool"] == "grid" and enc.pool == "grid" and meta["dim"] == enc.dim
+    vec = enc.embed_uint8(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    assert vec.shape == (2, meta["dim"])
+    assert load_encoder(f"{run}?pool=avg").dim != meta["dim"]

@@ -1,0 +1,81 @@
+"""Shared helpers of the benchmark scripts: where results go, what machine made them, atomic JSON writes.
+
+Every script in ``bench/`` writes ``bench/results/<name>.json`` with a ``machine`` block (platform, CPU model and
+count, torch/faiss versions, GPU if any) and a UTC ``date`` beside its figures, so a number in the README can be
+traced to the run that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """What the figures were measured on."""
+    info: dict = {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+                  "python": platform.python_version()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    try:
+        import faiss
+
+        info["faiss"] = faiss.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_atomic(path: Path, obj: dict) -> None:
+    """Write JSON to ``path`` via a temp file + ``os.replace``: a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_result(name: str, figures: dict, **settings) -> Path:
+    """Write ``bench/results/<name>.json`` = figures + settings + machine + date; return its path."""
+    out = {"figures": figures, "settings": settings, "machine": machine_info(), "date": utc_now()}
+    path = RESULTS / f"{name}.json"
+    write_atomic(path, out)
+    return path
