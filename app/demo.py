@@ -18,7 +18,7 @@ DEMO_METHODS = ("simclr", "moco", "byol")
 DEMO_BACKBONE = "resnet10t"  # fastest learner on 2 CPU cores at 64 px (see training.trainer.DEFAULT_BACKBONE)
 DEMO_STEM = "default"
 DEMO_IMAGE_SIZE = 64
-DEMO_MINUTES = 4.0
+DEMO_MINUTES = 3.0
 # Emoji are aligned drawings on white: where a colour or part sits matters, so the demo's encoders index a 4x4 grid
 # of stride-16 features (retrieval.encoders, pool=grid), and train with milder augmentation than SimCLR's ImageNet
 # recipe — colour is most of what two vendors' drawings of one emoji share, so no grayscale and 0.3 jitter strength,
