@@ -259,7 +259,9 @@ def _plan(requested: str, n: int, dim: int) -> _Plan:
     if kind == "hnsw":
         return _Plan("hnsw", f"IDMap2,HNSW{HNSW_M}",
                      {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH})
-    nlist = max(1, min(round(4 * math.sqrt(n)), n // 39))  # ~4*sqrt(N) lists, >= 39 training points per list
+    # ~4*sqrt(N) lists, but >= 39 training points per list: k-means sees at most TRAIN_SAMPLE vectors, so past
+    # ~400k vectors the sample, not N, bounds nlist (4000 lists on a 100k sample would be under-trained).
+    nlist = max(1, min(round(4 * math.sqrt(n)), min(n, TRAIN_SAMPLE) // 39))
     params = {"nlist": nlist, "nprobe": min(nlist, max(16, nlist // 16)), "trained_on": min(n, TRAIN_SAMPLE)}
     if kind == "ivf":
         return _Plan("ivf", f"IVF{nlist},Flat", params)

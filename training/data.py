@@ -3,8 +3,10 @@
 Three properties the trainer relies on:
 
 * **Deterministic views.** The geometric augmentation of image ``i`` in epoch ``e`` is drawn from a generator seeded
-  with ``(seed, e, i)``, not from whatever state a DataLoader worker happens to be in. The views are therefore the
-  same with 0 or 8 workers, in one process or split over data-parallel ranks, and after a resume.
+  with ``(seed, e, i)``, not from whatever state a DataLoader worker happens to be in, and the photometric
+  augmentation of a batch from one seeded with ``(seed, e, first image of the batch)`` (:func:`batch_seed`). The
+  views are therefore the same with 0 or 8 workers, in one process or split over data-parallel ranks, and after a
+  resume.
 * **Resumable order.** :class:`EpochSampler` shuffles with a permutation that is a pure function of
   ``(seed, epoch)`` and can start part-way through an epoch, so a resumed run sees exactly the batches an
   uninterrupted one would have seen. It also does the data-parallel split (see its docstring), which is why the
@@ -28,7 +30,8 @@ from retrieval.collection import Collection
 from retrieval.errors import BadImageError, LookalikeError
 from retrieval.imageio import MAX_PIXELS, load_image
 
-__all__ = ["TwoViewDataset", "EpochSampler", "collate_views", "sample_seed", "data_fingerprint"]
+__all__ = ["TwoViewDataset", "EpochSampler", "ViewBatcher", "collate_views", "sample_seed", "batch_seed",
+           "data_fingerprint"]
 
 # How many following images a bad file may be replaced by before the dataset gives up (a folder where this many
 # consecutive files fail to decode is not worth training on).
@@ -38,6 +41,14 @@ _MAX_SUBSTITUTES = 64
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A well-mixed 63-bit seed for one (run seed, epoch, image) triple."""
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def batch_seed(seed: int, keys) -> int:
+    """Seed of a batch's photometric augmentation from the ``(epoch, index)`` keys it was fetched with: a function
+    of the run seed, the epoch and the batch's first image, which identify the batch (and the rank's slice of it)
+    whatever the number of workers or ranks."""
+    epoch, index = keys[0] if keys else (0, 0)
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index, 1]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def data_fingerprint(collection: Collection) -> str:
@@ -92,13 +103,27 @@ class TwoViewDataset(Dataset):
                 bad.append((self.paths[i], exc.reason))
                 continue
             # The views depend only on (seed, epoch, index): same with any number of workers or ranks.
+            # (only the CPU generator: torch.manual_seed would also reseed every accelerator, at 100x the cost)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed(self.seed, epoch, index))
+                torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
                 v1, v2 = self.transform(img)
             return v1, v2, bad
         raise LookalikeError(
             f"{len(bad)} images in a row failed to decode near {self.paths[index]!r} (last: {bad[-1][1]}); "
             f"check the folder {self.root} for damaged files")
+
+    def __getitems__(self, keys: list) -> _Items:
+        """A whole batch at once (the DataLoader's batched fetch): the items, remembering the keys they came from
+        so that :class:`ViewBatcher` can seed the batch's photometric augmentation."""
+        items = _Items(self[k] for k in keys)
+        items.keys = [k if isinstance(k, tuple) else (0, k) for k in keys]
+        return items
+
+
+class _Items(list):
+    """The items of one batch, plus ``keys``: the ``(epoch, index)`` keys they were fetched with."""
+
+    keys: list
 
 
 def collate_views(batch):
@@ -107,6 +132,30 @@ def collate_views(batch):
     v2 = torch.stack([b[1] for b in batch])
     bad = [entry for b in batch for entry in b[2]]
     return v1, v2, bad
+
+
+class ViewBatcher:
+    """The DataLoader's ``collate_fn``: ``[(v1, v2, bad), ...] -> (x1, x2, bad, seed)``.
+
+    ``seed`` is the batch's photometric seed (:func:`batch_seed`). With ``photometric`` (the trainer's
+    :class:`training.augment.TwoViewPipeline`, on the CPU) the batch is augmented right here, in the DataLoader
+    worker, with a generator seeded with ``seed``: ``x1, x2`` are then normalised float32 batches, and the worker's
+    single thread does this work while the training process runs the model (measured on 2 CPU cores:
+    ``bench/train_throughput.py``). Without it ``x1, x2`` are the uint8 views, for the trainer to augment on its
+    device with the same seed (on a GPU that is nearly free). Either way a seed gives the same augmentation.
+    """
+
+    def __init__(self, seed: int, photometric=None):
+        self.seed = int(seed)
+        self.photometric = photometric
+
+    def __call__(self, batch):
+        v1, v2, bad = collate_views(batch)
+        seed = batch_seed(self.seed, getattr(batch, "keys", None))
+        if self.photometric is not None:
+            with torch.no_grad():
+                v1, v2 = self.photometric(v1, v2, generator=torch.Generator().manual_seed(seed))
+        return v1, v2, bad, seed
 
 
 class EpochSampler(Sampler):

@@ -5,9 +5,9 @@ schedule), :func:`train` (the loop, top to bottom), then the helpers it calls.
 
 The loop, per step::
 
-    uint8 views from the DataLoader workers  ->  photometric augmentation on the device (BatchAugment)
-    ->  loss = method(x1, x2) under autocast  ->  backward  ->  agree across ranks on (loss, stop?, clock)
-    ->  NaN check  ->  lr from the schedule  ->  optimiser step  ->  method.after_step(progress)  ->  log
+    views from the DataLoader workers (on a CPU already photometrically augmented there, batched; on a GPU uint8,
+    augmented on the device: BatchAugment)  ->  loss = method(x1, x2) under autocast  ->  backward
+    ->  agree across ranks on (loss, stop?, clock)  ->  NaN check  ->  lr from the schedule  ->  optimiser step  ->  method.after_step(progress)  ->  log
 
 Schedule and time budgets. Everything that changes over a run (the learning rate's cosine, BYOL's target momentum)
 is a function of ``progress`` in [0, 1]. With ``epochs`` it is ``step / total_steps``; with ``minutes`` it is
@@ -17,9 +17,9 @@ machine slows down or speeds up mid-run, and the learning rate always reaches it
 A time-budgeted run is, by nature, not step-for-step reproducible; an epoch-budgeted one is.
 
 Reproducibility and resume. The geometric views of image i in epoch e depend only on (seed, e, i), the epoch's
-order only on (seed, e) (:mod:`training.data`), and the photometric augmentation of step s on rank r only on
-(seed, s, r). ``state.pt`` stores the method (heads, queue, EMA target included), optimiser, grad scaler, step,
-epoch, position in the epoch, clock and RNG states, so ``resume=True`` continues with exactly the batches an
+order only on (seed, e), and the photometric augmentation of a batch only on (seed, e, its first image)
+(:mod:`training.data`), wherever it runs. ``state.pt`` stores the method (heads, queue, EMA target included),
+optimiser, grad scaler, step, epoch, position in the epoch, clock and RNG states, so ``resume=True`` continues with exactly the batches an
 uninterrupted run would have seen: on CPU with the same settings the final weights are identical.
 
 Data parallelism (``torchrun --nproc-per-node N lookalike train ...``). ``batch_size`` is the *global* batch: each
@@ -62,7 +62,7 @@ from retrieval.imageio import load_image
 
 from .checkpoint import (FORMAT_VERSION, META, METRICS, STATE, STATE_VERSION, load_state, now_iso, read_meta,
                          remove_temporaries, save_checkpoint)
-from .data import EpochSampler, TwoViewDataset, collate_views, data_fingerprint, sample_seed
+from .data import EpochSampler, TwoViewDataset, ViewBatcher, data_fingerprint
 
 __all__ = ["TrainConfig", "train", "get_lr", "feature_dim", "TrainingDivergedError", "LARS", "resolve_precision",
            "DEFAULT_BACKBONE", "DEFAULT_STEM"]
@@ -264,8 +264,13 @@ def _train(cfg: TrainConfig, ddp: _Distributed, show: bool, stop_event: threadin
     dataset = TwoViewDataset(collection, views.geometric, seed=cfg.seed, reduce_to=4 * cfg.image_size)
     sampler = EpochSampler(n, global_batch, seed=cfg.seed, rank=ddp.rank, world_size=ddp.world)
     workers = _default_workers(n, sampler.local_batch) if cfg.workers is None else cfg.workers
+    # On a CPU the photometric augmentation runs in the DataLoader workers (batched, one thread each), beside the
+    # model instead of before it: on 2 cores it took 3-25% of each step in the training process (more when the
+    # machine is busy: dozens of small parallel ops), and the workers were mostly idle (bench/train_throughput.py).
+    augment_in_loader = device.type == "cpu"
     loader = DataLoader(dataset, batch_size=sampler.local_batch, sampler=sampler, num_workers=workers,
-                        collate_fn=collate_views, pin_memory=device.type == "cuda", drop_last=True,
+                        collate_fn=ViewBatcher(cfg.seed, views if augment_in_loader else None),
+                        pin_memory=device.type == "cuda", drop_last=True,
                         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
                         generator=torch.Generator().manual_seed(cfg.seed))  # its own: leaves the global RNG alone
     steps_per_epoch = sampler.batches_per_epoch
@@ -375,7 +380,7 @@ def _train(cfg: TrainConfig, ddp: _Distributed, show: bool, stop_event: threadin
             batches = iter(loader)
             while True:
                 try:
-                    v1, v2, bad = next(batches)
+                    x1, x2, bad, batch_seed = next(batches)
                 except StopIteration:
                     break
                 except Exception:
@@ -387,11 +392,11 @@ def _train(cfg: TrainConfig, ddp: _Distributed, show: bool, stop_event: threadin
                     if path not in bad_files:
                         bad_files[path] = reason
                         say(f"skipping damaged image {path}: {reason}")
-                # photometric augmentation: a function of (seed, step, rank) only
-                aug_gen.manual_seed(sample_seed(cfg.seed, step, 1_000_000 + ddp.rank))
-                with torch.no_grad():
-                    x1, x2 = views(v1.to(device, non_blocking=True), v2.to(device, non_blocking=True),
-                                   generator=aug_gen)
+                if not augment_in_loader:  # photometric augmentation on the device, seeded by the batch
+                    aug_gen.manual_seed(batch_seed)
+                    with torch.no_grad():
+                        x1, x2 = views(x1.to(device, non_blocking=True), x2.to(device, non_blocking=True),
+                                       generator=aug_gen)
                 x1, x2 = x1.contiguous(memory_format=memory_format), x2.contiguous(memory_format=memory_format)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     loss = model(x1, x2)
@@ -668,7 +673,12 @@ def _default_weight_decay(cfg: TrainConfig, method: nn.Module) -> float:
 
 def _make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        # the fused kernel: one pass over all parameters instead of ~10 small ops per tensor (2 cores, resnet10t +
+        # heads: 12 ms per step instead of 56 ms on one thread, and far less exposed to a busy machine)
+        try:
+            return torch.optim.AdamW(groups, lr=lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
+            return torch.optim.AdamW(groups, lr=lr)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
     return LARS(groups, lr=lr, momentum=0.9)

@@ -1,0 +1,516 @@
+"""Index types on 1M vectors: build time, memory, queries/s (single and batched) and recall@10 against exact search.
+
+Measures the four index types of ``retrieval.index_store`` (flat, hnsw, ivf, ivfpq) on two kinds of data:
+
+1. **Synthetic, 1M x 512** (``--n``; 100k with ``--quick``). Pure i.i.d. Gaussian vectors have no neighbourhood
+   structure, so every approximate method collapses on them; image embeddings are not like that. The generator is a
+   seeded mixture of isotropic Gaussian clusters living in a low-dimensional subspace, projected to 512-d, plus
+   small isotropic noise in all 512 dimensions, then L2-normalised (IndexStore's inner-product / cosine metric)::
+
+       c_j ~ N(0, I_32), j = 1..4096            cluster centres in a 32-d latent space
+       z   = c_j + 0.5 * N(0, I_32)             j uniform over the clusters
+       x   = normalise(z @ P + 0.05 * N(0, I_512))   P: a random 32 x 512 matrix with orthonormal rows
+
+   A 32-d latent space is in the range intrinsic-dimension estimates give for natural-image data sets (tens of
+   dimensions; on the demo emoji, ``pixels`` vectors have a PCA participation ratio of about 20). With 4096
+   clusters, 1M vectors put ~244 in each, so a query's 10 nearest neighbours mostly share its cluster. Queries
+   (1000) are fresh draws from the same distribution, never members of the base set. Everything is seeded
+   (``--seed``, default 0).
+
+   The faiss indexes are built and searched with IndexStore's own code: ``_plan`` (factory string, nlist,
+   nprobe, efSearch, M, PQ size exactly as ``IndexStore.create`` picks them for that many vectors), ``_build``
+   (training on the same 100k sample, the same direct map) and ``_search_params`` (what ``IndexStore.search``
+   passes to faiss). Going through ``IndexStore.create`` at 1M would add a million-row SQLite table and a
+   2 GB write + fsync + re-read per type to every build, which measures the disk, not the index. The search
+   path users get is measured anyway: each built index is wrapped in an :class:`IndexStore` snapshot with
+   synthetic paths (no SQLite, no disk) and ``IndexStore.search`` is timed one query at a time ("store
+   single q/s": input checks, tombstone filter and ``Hit`` objects included), and checked to return the same
+   top-10 as the raw faiss call.
+
+2. **Real embeddings from the demo collection**: ``data/demo/emoji/twitter`` (1,911 images) as the base and
+   ``data/demo/emoji/google`` (the same 1,911 emoji drawn by another vendor) as queries, embedded with
+   ``random:resnet10t?size=64`` (512-d) and, in the full run, ``pixels`` (3072-d). These go entirely through
+   ``IndexStore.create`` + ``IndexStore.search``. 1,911 vectors is tiny: exact search is already fast there
+   (``auto`` picks flat below 50k), ivfpq falls back to flat (it needs 10k vectors to train), and the speed-ups
+   say little about large collections; the rows are there to show the index types behave on real vectors.
+
+Per index type: build seconds (train + add; for the demo rows, the whole ``IndexStore.create``) with the CPU
+seconds the process spent on it (a steadier figure than wall time when other jobs share the CPUs), memory as the
+serialized faiss index size (what ``index.<g>.faiss`` takes on disk) and the process RSS growth during the
+build, single-query q/s (one query per call, in a loop; faiss searches one query on one thread) and the median
+latency of those calls (steadier than the mean under CPU contention), batched q/s
+(all queries in one call, on ``--threads`` threads), recall@10 against the flat index's results, and the
+speed-up over flat in both modes. A sweep of efSearch (hnsw) and nprobe (ivf, ivfpq) shows the recall / q/s
+trade-off around the defaults. The goal checked: the type ``auto`` picks at N must reach >= 20x flat's
+single-query q/s at recall@10 >= 0.95.
+
+Rerun:  .venv/bin/python bench/index_bench.py                 # 1M synthetic + demo, two encoders (~20 min, 2 cores)
+        .venv/bin/python bench/index_bench.py --quick         # 100k synthetic + demo with resnet10t (< 5 min)
+        .venv/bin/python bench/index_bench.py --n 300000 --json
+Prints a markdown table (``--json``: the JSON) and always writes ``bench/results/index_bench.json`` (with
+machine and date) and ``bench/results/index_bench.png`` (recall@10 against single-query q/s); ``--quick``
+writes ``index_bench_quick.json`` / ``.png`` instead, so a quick check never replaces the full run's figures.
+faiss (and torch) run on ``--threads`` threads (default 2). q/s figures are wall-clock: other jobs sharing the
+CPUs lower them; the speed-ups are ratios measured within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.common import RESULTS, ROOT, machine_info, save_result, utc_now  # noqa: E402
+from retrieval import index_store as ist  # noqa: E402
+
+NAME = "index_bench"
+TYPES = ("flat", "hnsw", "ivf", "ivfpq")
+K = 10
+GOAL_SPEEDUP = 20.0
+GOAL_RECALL = 0.95
+DEMO_BASE = ROOT / "data" / "demo" / "emoji" / "twitter"
+DEMO_QUERIES = ROOT / "data" / "demo" / "emoji" / "google"
+FULL_ENCODERS = ("random:resnet10t?size=64", "pixels")
+QUICK_ENCODERS = ("random:resnet10t?size=64",)
+SWEEP = {"hnsw": ("efSearch", (16, 32, 64, 128, 256)),
+         "ivf": ("nprobe", (4, 8, 16, 32, 64, 128, 256)),
+         "ivfpq": ("nprobe", (4, 8, 16, 32, 64, 128, 256))}
+
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# ----- data ------------------------------------------------------------------------------------------------
+
+class ClusteredGaussian:
+    """Seeded mixture of Gaussian clusters in a ``latent``-d subspace of R^dim, plus isotropic noise, normalised."""
+
+    def __init__(self, dim: int = 512, clusters: int = 4096, latent: int = 32, within: float = 0.5,
+                 noise: float = 0.05, seed: int = 0):
+        self.dim, self.clusters, self.latent, self.within, self.noise, self.seed = (dim, clusters, latent, within,
+                                                                                      noise, seed)
+        rng = np.random.default_rng(seed)
+        self.proj = np.linalg.qr(rng.standard_normal((dim, latent)))[0].T.astype(np.float32)  # orthonormal rows
+        self.centres = rng.standard_normal((clusters, latent)).astype(np.float32)
+
+    def describe(self) -> dict:
+        return {"kind": "mixture of isotropic Gaussian clusters in a latent subspace + isotropic noise, "
+                        "L2-normalised",
+                "formula": "x = normalise((c_j + within*N(0,I_latent)) @ P + noise*N(0,I_dim)), c_j ~ N(0,I_latent), "
+                           "j uniform, P random orthonormal rows",
+                "dim": self.dim, "clusters": self.clusters, "latent_dim": self.latent, "within_std": self.within,
+                "noise_std": self.noise, "seed": self.seed, "base_stream": self.seed + 1,
+                "query_stream": self.seed + 2}
+
+    def sample(self, n: int, stream: int, chunk: int = 65536) -> np.ndarray:
+        rng = np.random.default_rng(stream)
+        out = np.empty((n, self.dim), np.float32)
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            z = self.centres[rng.integers(0, self.clusters, m)]
+            z += self.within * rng.standard_normal((m, self.latent), dtype=np.float32)
+            x = z @ self.proj
+            x += self.noise * rng.standard_normal((m, self.dim), dtype=np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            out[start:start + m] = x
+        return out
+
+
+# ----- measuring -------------------------------------------------------------------------------------------
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc), so an RSS difference reflects what a build keeps."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def rss_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def serialized_bytes(index: faiss.Index) -> int:
+    """Size of ``faiss.write_index(index)`` without holding the bytes (a 1M x 512 flat index is 2 GB)."""
+    total = [0]
+
+    def count(chunk: bytes) -> int:
+        total[0] += len(chunk)
+        return len(chunk)
+
+    writer = faiss.PyCallbackIOWriter(count)
+    faiss.write_index(index, writer)
+    del writer
+    return total[0]
+
+
+def single_qps(search_one, queries: np.ndarray, max_queries: int, budget_s: float) -> tuple[float, float, int, list]:
+    """One query per call, in a loop, until ``max_queries`` or ``budget_s`` (at least 5 queries).
+
+    Returns (queries/s over the loop, median latency in ms, queries timed, results)."""
+    search_one(queries[:1])  # warm-up (first-touch of lazily built structures)
+    results, lat = [], []
+    start = time.perf_counter()
+    while len(lat) < min(max_queries, len(queries)) and (len(lat) < 5 or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        results.append(search_one(queries[len(lat):len(lat) + 1]))
+        lat.append(time.perf_counter() - t)
+    return len(lat) / (time.perf_counter() - start), float(np.median(lat)) * 1e3, len(lat), results
+
+
+def batched_qps(search_all, queries: np.ndarray):
+    start = time.perf_counter()
+    out = search_all(queries)
+    return len(queries) / (time.perf_counter() - start), out
+
+
+def recall_at_k(got: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each query's exact top-k found in its approximate top-k (ids; -1 never matches)."""
+    k = truth.shape[1]
+    return float(np.mean([len(np.intersect1d(g[g >= 0], t)) / k for g, t in zip(got, truth)]))
+
+
+def _r(x: float, nd: int = 4) -> float:
+    return float(round(float(x), nd))
+
+
+# ----- synthetic ---------------------------------------------------------------------------------------------
+
+def store_view(index: faiss.Index, manifest: dict, paths: list[str], tmp: Path) -> ist.IndexStore:
+    """An IndexStore over an already built faiss index, without SQLite or disk: only ``search`` is used."""
+    n = len(paths)
+    state = ist._State(manifest=manifest, index=index, ids=np.arange(n, dtype=np.int64), paths=paths,
+                       labels=[None] * n, sizes=np.zeros(n, np.int64), mtimes=np.zeros(n), deleted=np.zeros(n, bool),
+                       skipped=[])
+    return ist.IndexStore(tmp / "bench-view", state)
+
+
+def run_synthetic(args) -> dict:
+    gen = ClusteredGaussian(dim=args.dim, seed=args.seed)
+    log(f"synthetic: generating {args.n:,} x {args.dim} base + {args.queries} queries")
+    t = time.perf_counter()
+    base = gen.sample(args.n, gen.seed + 1)
+    queries = gen.sample(args.queries, gen.seed + 2)
+    gen_s = time.perf_counter() - t
+    ids = np.arange(args.n, dtype=np.int64)
+    paths = [f"v/{i}.png" for i in range(args.n)]
+    auto_kind = ist._target_kind("auto", args.n)
+    rows: dict[str, dict] = {}
+    sweeps: dict[str, list] = {}
+    truth = None
+    single_max, single_budget = (100, 1.5) if args.quick else (200, 3.0)
+    types = ["flat"] + [t for t in args.types if t != "flat"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in types:
+            plan = ist._plan(kind, args.n, args.dim)
+            manifest = {"dim": args.dim, "index_type": plan.kind, "params": plan.params}
+            gc.collect()
+            trim_heap()
+            rss0 = rss_bytes()
+            log(f"{kind}: building {plan.factory} {plan.params}")
+            t, cpu = time.perf_counter(), time.process_time()
+            index = ist._build(plan, args.dim, base, ids)
+            build_s, build_cpu = time.perf_counter() - t, time.process_time() - cpu
+            gc.collect()
+            trim_heap()
+            rss_delta = rss_bytes() - rss0
+            size = serialized_bytes(index)
+            log(f"{kind}: built in {build_s:.1f}s, {size / 2**20:.0f} MiB serialized")
+            params = ist._search_params(manifest, K)  # what IndexStore.search passes (fetch = k, no tombstones)
+
+            b_qps, (_, got) = batched_qps(lambda q: index.search(q, K, params=params), queries)
+            if truth is None:
+                truth = got  # flat: exact
+            s_qps, s_ms, s_n, s_ids = single_qps(lambda q: index.search(q, K, params=params)[1][0], queries,
+                                                 single_max, single_budget)
+            store = store_view(index, manifest, paths, Path(tmp))
+            st_qps, st_ms, _, st_hits = single_qps(lambda q: store.search(q, K)[0], queries, single_max, single_budget)
+            # The store must hand back exactly the raw faiss top-k (as paths) for the same one-query calls.
+            store_same = all([int(h.path[2:-4]) for h in hits] == [int(i) for i in ids if i >= 0]
+                             for hits, ids in zip(st_hits, s_ids))
+            row = {"factory": plan.factory, "params": plan.params, "note": plan.note, "build_s": _r(build_s, 2),
+                   "build_cpu_s": _r(build_cpu, 2),
+                   "serialized_bytes": size, "bytes_per_vector": _r(size / args.n, 1), "rss_delta_bytes": rss_delta,
+                   "single_qps": _r(s_qps, 1), "single_median_ms": _r(s_ms, 3), "single_queries_timed": s_n,
+                   "store_single_qps": _r(st_qps, 1), "store_single_median_ms": _r(st_ms, 3),
+                   "store_matches_faiss": store_same, "batched_qps": _r(b_qps, 1),
+                   "recall@10": _r(recall_at_k(got, truth))}
+            rows[kind] = row
+            log(f"{kind}: single {s_qps:.1f} q/s (store {st_qps:.1f}), batched {b_qps:.1f} q/s, "
+                f"recall@10 {row['recall@10']:.4f}")
+            if kind in SWEEP and not args.no_sweep:
+                name, values = SWEEP[kind]
+                default = plan.params.get(name)
+                limit = plan.params.get("nlist", 10**9)
+                points = []
+                for v in sorted({x for x in values if x <= limit} | {default}):
+                    p = ist._search_params({**manifest, "params": {**plan.params, name: v}}, K)
+                    bq, (_, g) = batched_qps(lambda q: index.search(q, K, params=p), queries)
+                    sq, sms, _, _ = single_qps(lambda q: index.search(q, K, params=p)[1], queries, 100, 1.0)
+                    points.append({name: v, "default": v == default, "recall@10": _r(recall_at_k(g, truth)),
+                                   "single_qps": _r(sq, 1), "single_median_ms": _r(sms, 3),
+                                   "batched_qps": _r(bq, 1)})
+                sweeps[kind] = points
+                log(f"{kind}: sweep of {name} " + ", ".join(f"{p[name]}:{p['recall@10']:.3f}/{p['single_qps']:.0f}"
+                                                           for p in points))
+            del index, store
+            gc.collect()
+    flat = rows["flat"]
+    for kind, row in rows.items():
+        row["speedup_single"] = _r(row["single_qps"] / flat["single_qps"], 2)
+        row["speedup_batched"] = _r(row["batched_qps"] / flat["batched_qps"], 2)
+        row["meets_goal"] = bool(row["speedup_single"] >= GOAL_SPEEDUP and row["recall@10"] >= GOAL_RECALL)
+    for kind, points in sweeps.items():
+        for p in points:
+            p["speedup_single"] = _r(p["single_qps"] / flat["single_qps"], 2)
+            p["speedup_batched"] = _r(p["batched_qps"] / flat["batched_qps"], 2)
+    goal = {"rule": f"auto's type: single-query q/s >= {GOAL_SPEEDUP:g}x flat at recall@10 >= {GOAL_RECALL}",
+            "n": args.n, "auto_type": auto_kind, "auto_type_at_1M": ist._target_kind("auto", 1_000_000),
+            "measured": auto_kind in rows and auto_kind != "flat",
+            "met": bool(auto_kind in rows and auto_kind != "flat" and rows[auto_kind]["meets_goal"]),
+            "types_meeting_it": [k for k, r in rows.items() if k != "flat" and r["meets_goal"]]}
+    return {"n": args.n, "dim": args.dim, "queries": args.queries, "k": K, "distribution": gen.describe(),
+            "generate_s": _r(gen_s, 2), "rows": rows, "sweeps": sweeps, "goal": goal}
+
+
+# ----- demo collection ---------------------------------------------------------------------------------------
+
+def run_demo(spec: str, args) -> dict:
+    import torch
+
+    from retrieval.collection import scan
+    from retrieval.embed import embed_collection
+    from retrieval.encoders import load_encoder
+
+    torch.set_num_threads(args.threads)
+    enc = load_encoder(spec)
+    base_col, query_col = scan(DEMO_BASE), scan(DEMO_QUERIES)
+    t = time.perf_counter()
+    b = embed_collection(enc, base_col, progress=False)
+    q = embed_collection(enc, query_col, progress=False)
+    embed_s = time.perf_counter() - t
+    log(f"demo {spec}: embedded {len(b.paths)} + {len(q.paths)} images in {embed_s:.1f}s")
+    by_path = {it.path: it for it in base_col.items}
+    items = [by_path[p] for p in b.paths]
+    queries = q.vectors
+    rows: dict[str, dict] = {}
+    truth = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ["flat"] + [t for t in args.types if t != "flat"] + ["auto"]:
+            t = time.perf_counter()
+            store = ist.IndexStore.create(tmp, f"demo-{kind}", enc.identity, enc.dim, base_col.root, index_type=kind,
+                                          items=items, vectors=b.vectors)
+            create_s = time.perf_counter() - t
+            m = store.manifest
+            b_qps, hits = batched_qps(lambda x: store.search(x, K), queries)
+            got = [[h.path for h in row] for row in hits]
+            if truth is None:
+                truth = got
+            s_qps, s_ms, s_n, _ = single_qps(lambda x: store.search(x, K), queries, 300, 1.5)
+            rec = float(np.mean([len(set(g) & set(tr)) / K for g, tr in zip(got, truth)]))
+            rows[kind] = {"index_type": m["index_type"], "factory": m["factory"], "params": m["params"],
+                          "note": m["note"], "create_s": _r(create_s, 3),
+                          "serialized_bytes": serialized_bytes(store._state.index),
+                          "disk_bytes": store.info()["size_bytes"], "single_qps": _r(s_qps, 1),
+                          "single_median_ms": _r(s_ms, 3),
+                          "single_queries_timed": s_n, "batched_qps": _r(b_qps, 1), "recall@10": _r(rec)}
+            store.delete()
+    for row in rows.values():
+        row["speedup_single"] = _r(row["single_qps"] / rows["flat"]["single_qps"], 2)
+        row["speedup_batched"] = _r(row["batched_qps"] / rows["flat"]["batched_qps"], 2)
+    # How often the same emoji (same file name, other vendor) is among the exact top-10: context, not a goal.
+    same = float(np.mean([p in set(tr) for p, tr in zip(q.paths, truth)]))
+    log(f"demo {spec}: " + ", ".join(f"{k} {r['single_qps']:.0f} q/s r@10 {r['recall@10']:.3f}"
+                                     for k, r in rows.items()))
+    return {"encoder": spec, "dim": enc.dim, "n_base": len(b.paths), "n_queries": len(q.paths),
+            "embed_s": _r(embed_s, 1), "same_emoji_in_exact_top10": _r(same), "rows": rows,
+            "caveat": f"{len(b.paths)} vectors only: exact search is already fast at this size, ivfpq needs "
+                      f"{ist.MIN_TRAIN['ivfpq']} vectors to train (falls back to flat); speed-ups here say little "
+                      f"about large collections"}
+
+
+# ----- output ------------------------------------------------------------------------------------------------
+
+def _mib(b: float) -> str:
+    return f"{b / 2**20:,.1f}"
+
+
+def markdown(fig: dict) -> str:
+    out = []
+    syn = fig.get("synthetic")
+    if syn:
+        d = syn["distribution"]
+        out.append(f"### Synthetic: {syn['n']:,} x {syn['dim']} ({d['clusters']} Gaussian clusters in a "
+                   f"{d['latent_dim']}-d subspace + noise), {syn['queries']} queries, k={syn['k']}\n")
+        out.append("| type | factory | search params | build s | build CPU s | index MiB | RSS Δ MiB | single q/s "
+                   "| single p50 ms | store single q/s | batched q/s | recall@10 | × flat single | × flat batched |")
+        out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for kind, r in syn["rows"].items():
+            sp = {k: v for k, v in r["params"].items() if k in ("efSearch", "nprobe", "nlist", "m")}
+            out.append(f"| {kind} | {r['factory']} | {json.dumps(sp) if sp else '-'} | {r['build_s']:.1f} | "
+                       f"{r['build_cpu_s']:.1f} | "
+                       f"{_mib(r['serialized_bytes'])} | {_mib(r['rss_delta_bytes'])} | {r['single_qps']:,.1f} | "
+                       f"{r['single_median_ms']:,.2f} | "
+                       f"{r['store_single_qps']:,.1f} | {r['batched_qps']:,.1f} | {r['recall@10']:.4f} | "
+                       f"{r['speedup_single']:.1f} | {r['speedup_batched']:.1f} |")
+        for kind, points in syn["sweeps"].items():
+            name = SWEEP[kind][0]
+            out.append(f"\n{kind} sweep of {name} (default marked *): " + "; ".join(
+                f"{p[name]}{'*' if p['default'] else ''}: r@10 {p['recall@10']:.3f}, {p['single_qps']:,.0f} q/s "
+                f"({p['speedup_single']:.0f}× flat)" for p in points))
+        g = syn["goal"]
+        verdict = "MET" if g["met"] else ("NOT MET" if g["measured"] else "not measured")
+        out.append(f"\nGoal ({g['rule']}): auto picks **{g['auto_type']}** at {g['n']:,} "
+                   f"({g['auto_type_at_1M']} at 1M): **{verdict}**; types meeting it: "
+                   f"{', '.join(g['types_meeting_it']) or 'none'}")
+    for demo in fig.get("demo", []):
+        if "error" in demo:
+            out.append(f"\n### Demo {demo['encoder']}: ERROR {demo['error']}")
+            continue
+        out.append(f"\n### Demo collection, {demo['encoder']} ({demo['dim']}-d): {demo['n_base']} twitter emoji, "
+                   f"{demo['n_queries']} google queries (through IndexStore.create/search)\n")
+        out.append("| requested | built | factory | create s | index KiB | single q/s | batched q/s | recall@10 "
+                   "| × flat single | × flat batched |")
+        out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for kind, r in demo["rows"].items():
+            out.append(f"| {kind} | {r['index_type']} | {r['factory']} | {r['create_s']:.2f} | "
+                       f"{r['serialized_bytes'] / 1024:,.0f} | {r['single_qps']:,.0f} | {r['batched_qps']:,.0f} | "
+                       f"{r['recall@10']:.4f} | {r['speedup_single']:.1f} | {r['speedup_batched']:.1f} |")
+        out.append(f"\n{demo['caveat']}.")
+    return "\n".join(out)
+
+
+def plot(fig: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return None
+    syn, demos = fig.get("synthetic"), [d for d in fig.get("demo", []) if "rows" in d]
+    panels = [p for p in (syn, demos[0] if demos else None) if p]
+    if not panels:
+        return None
+    f, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    colours = {"flat": "black", "hnsw": "tab:blue", "ivf": "tab:orange", "ivfpq": "tab:green", "auto": "tab:red"}
+    if syn:
+        ax = axes[0][0]
+        flat = syn["rows"]["flat"]
+        for kind, r in syn["rows"].items():
+            points = syn["sweeps"].get(kind)
+            if points:
+                name = SWEEP[kind][0]
+                ax.plot([p["single_qps"] for p in points], [p["recall@10"] for p in points], "-o", ms=3,
+                        color=colours[kind], label=f"{kind} ({name} sweep)")
+                for p in points:
+                    ax.annotate(str(p[name]), (p["single_qps"], p["recall@10"]), fontsize=6,
+                                textcoords="offset points", xytext=(2, -8))
+            ax.plot([r["single_qps"]], [r["recall@10"]], "*", ms=12, color=colours[kind],
+                    label=f"{kind} default" if kind != "flat" else "flat (exact)")
+        ax.axvline(GOAL_SPEEDUP * flat["single_qps"], color="grey", ls="--", lw=0.8)
+        ax.axhline(GOAL_RECALL, color="grey", ls="--", lw=0.8)
+        ax.text(GOAL_SPEEDUP * flat["single_qps"], 0.02, f" {GOAL_SPEEDUP:g}× flat", fontsize=7, color="grey",
+                transform=ax.get_xaxis_transform())
+        ax.set_xscale("log")
+        ax.set_xlabel("single-query queries/s (log)")
+        ax.set_ylabel("recall@10 vs flat")
+        ax.set_title(f"synthetic {syn['n']:,} × {syn['dim']}, {fig['settings_threads']} threads", fontsize=10)
+        ax.legend(fontsize=7, loc="lower left")
+        ax.grid(alpha=0.3)
+    if demos:
+        ax = axes[0][len(panels) - 1]
+        markers = "osD^"
+        for i, demo in enumerate(demos):
+            for kind, r in demo["rows"].items():
+                ax.plot([r["single_qps"]], [r["recall@10"]], markers[i % 4], color=colours[kind],
+                        label=f"{kind}→{r['index_type']} ({demo['encoder']})")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("single-query queries/s through IndexStore.search (log)")
+        ax.set_ylabel("recall@10 vs flat")
+        ax.set_title(f"demo emoji, {demos[0]['n_base']} vectors (small)", fontsize=10)
+        ax.legend(fontsize=6, loc="lower left")
+        ax.grid(alpha=0.3)
+    f.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f.savefig(path, dpi=120)
+    plt.close(f)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="100k synthetic vectors, one demo encoder (< 5 min)")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of the markdown tables")
+    ap.add_argument("--n", type=int, default=None, help="synthetic base vectors (default 1,000,000; quick 100,000)")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--queries", type=int, default=1000, help="synthetic queries (batched call; default 1000)")
+    ap.add_argument("--types", default=",".join(TYPES), help="comma-separated index types (flat always runs)")
+    ap.add_argument("--encoders", default=None,
+                    help=f"demo encoders, comma-separated (default {','.join(FULL_ENCODERS)}; quick "
+                         f"{','.join(QUICK_ENCODERS)}); 'none' skips the demo")
+    ap.add_argument("--threads", type=int, default=2, help="faiss / torch threads (default 2)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-sweep", action="store_true", help="skip the efSearch / nprobe sweeps")
+    ap.add_argument("--no-synthetic", action="store_true")
+    args = ap.parse_args(argv)
+    args.n = args.n or (100_000 if args.quick else 1_000_000)
+    args.types = [t.strip() for t in args.types.split(",") if t.strip()]
+    bad = [t for t in args.types if t not in TYPES]
+    if bad:
+        ap.error(f"unknown index types {bad}; choose from {', '.join(TYPES)}")
+    encoders = args.encoders if args.encoders is not None else ",".join(QUICK_ENCODERS if args.quick else FULL_ENCODERS)
+    encoders = [] if encoders.strip() == "none" else [e.strip() for e in encoders.split(",") if e.strip()]
+    faiss.omp_set_num_threads(args.threads)
+
+    figures: dict = {}
+    if not args.no_synthetic:
+        figures["synthetic"] = run_synthetic(args)
+    figures["demo"] = []
+    for spec in encoders:
+        if not DEMO_BASE.is_dir() or not DEMO_QUERIES.is_dir():
+            figures["demo"].append({"encoder": spec, "error": f"demo data missing under {DEMO_BASE.parent}; "
+                                                                f"run the demo once to prepare it"})
+            continue
+        figures["demo"].append(run_demo(spec, args))
+    wall = time.perf_counter() - _T0
+    settings = {"quick": args.quick, "n": args.n, "dim": args.dim, "queries": args.queries, "k": K,
+                "types": args.types, "encoders": encoders, "threads": args.threads, "seed": args.seed,
+                "sweep": not args.no_sweep, "wall_s": round(wall, 1), "cpu_s": round(time.process_time(), 1),
+                "command": "python bench/index_bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                "note": "q/s are wall-clock on a possibly shared machine; speed-ups are ratios within this run"}
+    name = NAME + ("_quick" if args.quick else "")  # a quick check never overwrites the full run's figures
+    path = save_result(name, figures, **settings)
+    png = plot({**figures, "settings_threads": args.threads}, RESULTS / f"{name}.png")
+    log(f"wrote {path}" + (f" and {png}" if png else "") + f" in {wall:.0f}s")
+    if args.json:
+        print(json.dumps({"figures": figures, "settings": settings, "machine": machine_info(), "date": utc_now()},
+                         indent=2))
+    else:
+        print(markdown(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
