@@ -34,6 +34,7 @@ from retrieval.encoders import load_encoder  # noqa: E402
 from retrieval.synthetic import make_collection  # noqa: E402
 from retrieval.workspace import evaluate_folder  # noqa: E402
 from training.trainer import TrainConfig, train  # noqa: E402
+from bench.common import write_atomic  # noqa: E402
 
 METHODS = ("simclr", "moco", "byol")
 BASELINES = ("pixels", "random:resnet10t?size=64")
@@ -44,19 +45,6 @@ RESULTS = ROOT / "bench" / "results" / "train_quality.json"
 def _metrics(directory: Path, spec: str) -> dict:
     m = evaluate_folder(directory, load_encoder(spec), progress=False)
     return {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in m.items()}
-
-
-def _write_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _table(rows: dict) -> str:
@@ -103,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     out["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
     out["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out["budget_minutes_per_method"] = minutes
-    _write_atomic(RESULTS, out)
+    write_atomic(RESULTS, out)
     print(json.dumps(out, indent=2) if args.json else _table(rows))
     return 0 if all("error" not in m for m in rows.values()) else 1
 
