@@ -7,7 +7,8 @@ The loop, per step::
 
     views from the DataLoader workers (on a CPU already photometrically augmented there, batched; on a GPU uint8,
     augmented on the device: BatchAugment)  ->  loss = method(x1, x2) under autocast  ->  backward
-    ->  agree across ranks on (loss, stop?, clock)  ->  NaN check  ->  lr from the schedule  ->  optimiser step  ->  method.after_step(progress)  ->  log
+    ->  agree across ranks on (loss, stop?, clock)  ->  NaN check  ->  lr from the schedule  ->  optimiser step
+    ->  method.after_step(progress)  ->  log
 
 Schedule and time budgets. Everything that changes over a run (the learning rate's cosine, BYOL's target momentum)
 is a function of ``progress`` in [0, 1]. With ``epochs`` it is ``step / total_steps``; with ``minutes`` it is
@@ -19,8 +20,8 @@ A time-budgeted run is, by nature, not step-for-step reproducible; an epoch-budg
 Reproducibility and resume. The geometric views of image i in epoch e depend only on (seed, e, i), the epoch's
 order only on (seed, e), and the photometric augmentation of a batch only on (seed, e, its first image)
 (:mod:`training.data`), wherever it runs. ``state.pt`` stores the method (heads, queue, EMA target included),
-optimiser, grad scaler, step, epoch, position in the epoch, clock and RNG states, so ``resume=True`` continues with exactly the batches an
-uninterrupted run would have seen: on CPU with the same settings the final weights are identical.
+optimiser, grad scaler, step, epoch, position in the epoch, clock and RNG states, so ``resume=True`` continues
+with exactly the batches an uninterrupted run would have seen: on CPU with the same settings the final weights are identical.
 
 Data parallelism (``torchrun --nproc-per-node N lookalike train ...``). ``batch_size`` is the *global* batch: each
 of the N processes takes ``batch_size / N`` images per step (so a recipe keeps its meaning, its learning rate and

@@ -132,3 +132,78 @@ def test_the_api_lists_exactly_the_two_named_endpoints(client):
     assert set(endpoints) == {"/search", "/compare"}
     assert [p["parameter_name"] for p in endpoints["/search"]["parameters"]] == ["image", "index", "k"]
     assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == ["image", "indexes", "k"]
+
+
+# ----- serving safety, over real HTTP ----------------------------------------------------------------------------
+
+def _non_loopback_address() -> str | None:
+    """An address of this machine other than 127.x, if it has one (a UDP connect sends nothing)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            addr = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
+
+
+def test_the_server_listens_on_loopback_only_and_made_no_share_link(running_app):
+    import socket
+
+    assert running_app.demo.server_name == "127.0.0.1"
+    assert running_app.url.startswith("http://127.0.0.1:")
+    assert getattr(running_app.demo, "share_url", None) is None
+    addr = _non_loopback_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback address to try")
+    port = urllib.parse.urlsplit(running_app.url).port
+    with pytest.raises(OSError):
+        socket.create_connection((addr, port), timeout=3).close()
+
+
+def test_system_files_and_paths_climbing_out_of_a_collection_are_refused(running_app):
+    def status(raw_path: str) -> int:
+        url = running_app.url + "gradio_api/file=" + raw_path
+        try:
+            with _DIRECT.open(url, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    collection = str(running_app.collection)
+    manifest_via_dotdot = collection + "/../indexes/pixels/manifest.json"
+    for raw in ("/etc/passwd", urllib.parse.quote("/etc/passwd"), urllib.parse.quote(manifest_via_dotdot),
+                manifest_via_dotdot, urllib.parse.quote(collection + "/../../../../etc/passwd"),
+                collection.replace("/", "%2F") + "%2F..%2Findexes%2Fpixels%2Fmanifest.json"):
+        assert status(raw) in (400, 403, 404), raw
+    assert status(urllib.parse.quote(str(running_app.images[0]))) == 200  # an indexed image still is served
+
+
+@pytest.mark.parametrize("name, write, reason", [
+    ("bomb.png", "write_bomb_png", "too large: 40000x40000 pixels"),
+    ("truncated.jpg", "write_truncated_jpeg", "truncated or corrupt image"),
+    ("random.webp", "write_random", "not an image"),
+    ("text.png", "write_text", "not an image"),
+])
+def test_hostile_uploads_are_refused_with_their_reason(client, tmp_path, name, write, reason):
+    from tests import hostile
+
+    path = getattr(hostile, write)(tmp_path / name)
+    with pytest.raises(AppError, match=f"Cannot use that image: {reason}"):
+        client.predict(handle_file(str(path)), "pixels", 3, api_name="/search")
+
+
+@pytest.mark.parametrize("name, write", [
+    ("cmyk.jpg", "write_cmyk_jpeg"), ("gray16.png", "write_gray16_png"), ("palette.gif", "write_palette_gif"),
+    ("animated.gif", "write_animated"), ("rotated.jpg", "write_exif_rotated_jpeg"),
+    ("été 🌞 photo.png", None),
+])
+def test_awkward_but_valid_uploads_are_searched(client, tmp_path, name, write):
+    from tests import hostile
+
+    path = getattr(hostile, write)(tmp_path / name) if write else hostile.write_bytes(tmp_path / name,
+                                                                                      hostile.solid_png())
+    _, results = client.predict(handle_file(str(path)), "pixels", 3, api_name="/search")
+    assert len(results) == 3 and all(-1.0 <= r["score"] <= 1.0 + 1e-4 for r in results)

@@ -250,3 +250,26 @@ def test_hostile_folder_copies_with_its_links_intact(tmp_path):
     col = scan(dst)
     assert {it.path for it in col.items} == {rel for rel, e in expect.items() if e.scan == ITEM}
     assert "bad/pipe.png" not in expect
+
+
+def test_a_folder_mounted_inside_the_collection_is_not_walked_again(tmp_path, monkeypatch):
+    # A bind mount of the root at sub/mnt: a real folder (no link) with the root's device and inode.
+    import retrieval.collection as collection_module
+
+    root = tmp_path / "root"
+    hostile.write_bytes(root / "a.png", hostile.solid_png())
+    hostile.write_bytes(root / "sub" / "mnt" / "a.png", hostile.solid_png())  # what the mount shows
+    mount = os.fspath(root / "sub" / "mnt")
+    root_st = os.stat(root)
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        st = real_stat(path, *args, **kwargs)
+        if os.fspath(path) == mount:
+            return os.stat_result((st.st_mode, root_st.st_ino, root_st.st_dev, *tuple(st)[3:]))
+        return st
+
+    monkeypatch.setattr(collection_module.os, "stat", stat)
+    col = scan(root)
+    assert [it.path for it in col.items] == ["a.png"]
+    assert col.skipped == [Skipped("sub/mnt", "folder already scanned (a mount loop)")]

@@ -371,3 +371,36 @@ def test_no_file_handles_leak(tmp_path):
     for _ in range(3):
         load_all()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+# ------------------------------------------------------------------------------ guards seen from outside
+
+
+def test_an_empty_pil_image_is_refused_not_returned():
+    # Files with a zero side are refused by Pillow itself; an image object handed over directly is checked here.
+    for size in ((0, 5), (5, 0), (0, 0)):
+        assert reason_of(Image.new("RGB", size)) == f"truncated or corrupt image: {size[0]}x{size[1]} pixels"
+
+
+def test_a_nul_byte_in_a_path_is_a_reason_not_a_crash():
+    assert reason_of("bad\0name.png").startswith("unreadable")
+    with pytest.raises(BadImageError, match="unreadable"):
+        probe_image("bad\0name.png")
+
+
+def test_pillow_errors_of_other_types_become_reasons():
+    """Pillow reports some damage with ValueError or SyntaxError rather than OSError; both must become reasons."""
+    import struct
+    import zlib
+
+    from tests.hostile import png_chunk
+
+    signature = b"\x89PNG\r\n\x1a\n"
+    short_header = signature + png_chunk(b"IHDR", struct.pack(">II", 4, 4)) + png_chunk(b"IEND", b"")
+    assert reason_of(short_header) == "truncated or corrupt image: Truncated IHDR chunk"  # ValueError at open
+
+    pixels_4x4 = zlib.compress(b"".join(b"\0" + b"\x10" * 12 for _ in range(4)))
+    broken_chunk = (signature + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
+                    + png_chunk(b"IDAT", pixels_4x4[:5]) + png_chunk(b"\xb6mv\xbb", b"xx")
+                    + png_chunk(b"IDAT", pixels_4x4[5:]) + png_chunk(b"IEND", b""))
+    assert reason_of(broken_chunk).startswith("truncated or corrupt image: broken PNG file")  # SyntaxError at load
