@@ -175,9 +175,13 @@ def query_source(image: Any, upload_dir: str | Path | None = None) -> str | byte
         from gradio.utils import get_upload_folder
 
         upload_dir = get_upload_folder()
-    path = Path(image).resolve()
+    refusal = LookalikeError("the query image must be uploaded to this app (upload, paste or webcam)")
+    try:
+        path = Path(image).resolve()  # ValueError for an embedded NUL, OSError for a name the OS rejects
+    except (ValueError, OSError):
+        raise refusal from None
     if not path.is_relative_to(Path(upload_dir).resolve()):
-        raise LookalikeError("the query image must be uploaded to this app (upload, paste or webcam)")
+        raise refusal
     return str(path)
 
 

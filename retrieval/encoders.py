@@ -295,7 +295,14 @@ def _timm_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
             )
     elif not Path(file).is_file():
         raise WeightsUnavailableError(f"weights file {file!r} does not exist")
-    model = build_backbone(name, stem=stem, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
+    try:
+        model = build_backbone(name, stem=stem, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
+    except LookalikeError:
+        raise
+    except Exception as exc:  # not a weights file, a pickle with code in it (refused by weights_only), wrong shapes
+        raise WeightsUnavailableError(
+            f"{file} could not be loaded as weights for {name!r} ({type(exc).__name__}: {_first_line(exc)}); "
+            "give a .safetensors or plain state-dict file made for this backbone") from None
     cfg = model.pretrained_cfg
     size = _int_opt(opts, "size", _default_size(model))
     pool = _pool_opt(opts)
@@ -323,7 +330,13 @@ def read_run_manifest(run_dir: str | os.PathLike) -> dict:
     return meta
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
 def _run_encoder(spec: str, device: torch.device, opts: dict[str, str] | None = None) -> Encoder:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     run = Path(spec)
@@ -344,7 +357,12 @@ def _run_encoder(spec: str, device: torch.device, opts: dict[str, str] | None = 
     stem = meta.get("stem", "default")
     model = build_backbone(meta["backbone"], stem=stem)
     try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({_first_line(exc)}); "
+                              "re-run training with --resume to rewrite it") from None
+    try:
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{weights} does not fit backbone {meta['backbone']!r}: {exc}") from None
     extra = {k: meta.get(k) for k in ("method", "metrics", "config", "data", "epoch", "step", "updated")}

@@ -35,6 +35,7 @@ tombstones the HNSW graph is rebuilt from its own stored vectors.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -319,8 +320,9 @@ class _State:
     skipped: list[tuple[str, str]]
     _items: dict = field(default_factory=dict, compare=False, repr=False)
 
-    @property
+    @functools.cached_property
     def live(self) -> int:
+        """Live rows; counted once per snapshot (a per-search count would cost O(N))."""
         return int(len(self.ids) - self.deleted.sum())
 
     def items(self) -> dict[str, Item]:

@@ -144,7 +144,8 @@ def test_query_source_accepts_uploads_and_data_urls_only(tmp_path):
     assert query_source({"path": str(inside), "url": None}, upload) == str(inside.resolve())
     assert query_source(str(inside), upload) == str(inside.resolve())
     assert query_source({"path": None, "url": "data:image/png;base64,aGVsbG8="}, upload) == b"hello"
-    for elsewhere in ("/etc/hostname", str(upload / ".." / "secret.png"), "relative.png"):
+    for elsewhere in ("/etc/hostname", str(upload / ".." / "secret.png"), "relative.png", "/etc/pass\x00wd",
+                      str(upload / "abc" / "q\x00.png")):
         with pytest.raises(LookalikeError, match="must be uploaded"):
             query_source({"path": elsewhere}, upload)
 

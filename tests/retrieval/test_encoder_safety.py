@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from retrieval.encoders import build_backbone, load_encoder, sha256_file
-from retrieval.errors import CheckpointError
+from retrieval.errors import CheckpointError, WeightsUnavailableError
 
 
 class Payload:
@@ -49,7 +49,7 @@ def test_a_pickle_posing_as_run_weights_is_never_unpickled(tmp_path):
     marker = tmp_path / "payload-ran"
     state = build_backbone("resnet10t", stem="small").state_dict()
     run, _ = write_run(tmp_path / "run", weights=poisoned_pickle(state, marker))  # sha256 matches: only the format is wrong
-    with pytest.raises(Exception):  # noqa: B017 - any refusal will do, as long as nothing ran
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_encoder(str(run))
     assert not marker.exists()
 
@@ -58,7 +58,7 @@ def test_a_pickle_given_as_timm_weights_is_never_unpickled(tmp_path):
     marker = tmp_path / "payload-ran"
     weights = tmp_path / "evil.pth"
     weights.write_bytes(poisoned_pickle(build_backbone("resnet10t").state_dict(), marker))
-    with pytest.raises(Exception):  # noqa: B017
+    with pytest.raises(WeightsUnavailableError, match="could not be loaded as weights for 'resnet10t'"):
         load_encoder(f"timm:resnet10t?file={weights}&size=32")
     assert not marker.exists()
 
@@ -84,3 +84,10 @@ def test_weights_missing_a_tensor_do_not_load_half_random(tmp_path):
     run, _ = write_run(tmp_path / "run", weights=(tmp_path / "w" / "partial.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="does not fit backbone 'resnet10t'"):
         load_encoder(str(run))
+
+
+def test_random_bytes_given_as_timm_weights_get_a_clear_error(tmp_path):
+    weights = tmp_path / "noise.safetensors"
+    weights.write_bytes(os.urandom(4096))
+    with pytest.raises(WeightsUnavailableError, match="could not be loaded as weights"):
+        load_encoder(f"timm:resnet10t?file={weights}&size=32")

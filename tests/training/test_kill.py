@@ -28,10 +28,10 @@ def test_sigkill_mid_epoch_then_resume_finishes_the_run(image_dir, tmp_path):
     log = (tmp_path / "first.log").open("wb")
     proc = subprocess.Popen(_train_cmd(image_dir, run), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240  # generous: CI machines can be slow and busy
         while not (run / "encoder.json").exists():
             assert proc.poll() is None, f"training exited early: {(tmp_path / 'first.log').read_text()}"
-            assert time.monotonic() < deadline, "no checkpoint after 60 s"
+            assert time.monotonic() < deadline, "no checkpoint after 240 s"
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)  # right after the first epoch's checkpoint: early in epoch 2
         assert proc.wait(timeout=30) == -signal.SIGKILL
@@ -47,7 +47,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_the_run(image_dir, tmp_path):
     assert encoder is not None
 
     done = subprocess.run(_train_cmd(image_dir, run, "--resume"), cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     meta = json.loads((run / "encoder.json").read_text())
     assert meta["step"] == EPOCHS * (N_IMAGES // BATCH)
