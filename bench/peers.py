@@ -275,9 +275,9 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
     ``workers=None`` picks the DataLoader worker count with our trainer's rule. ``pool`` and ``augment`` mean what
     they mean in :class:`training.trainer.TrainConfig` (the pooling recorded for retrieval; overrides of
     :class:`training.augment.AugmentConfig` fields, applied to lightly's transforms). ``channels_last`` (off by
-    default, as in lightly's examples) converts model and inputs to channels-last memory format. ``on_step`` receives, after
-    every optimiser step, ``{"step", "time", "wait_s", "compute_s", "loss"}`` (``time`` since the loop started;
-    ``wait_s`` spent waiting for the batch; ``compute_s`` in forward, backward, optimiser and momentum update;
+    default, as in lightly's examples) converts model and inputs to channels-last memory format. The optimiser is
+    plain ``torch.optim.AdamW``, as in lightly's examples. ``on_step`` receives, after every optimiser step,
+    ``{"step", "time", "wait_s", "compute_s", "loss"}`` (``time`` since the loop started; ``wait_s`` spent waiting for the batch; ``compute_s`` in forward, backward, optimiser and momentum update;
     reading ``loss`` synchronises, as it does in our trainer).
     """
     from retrieval.collection import scan

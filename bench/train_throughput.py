@@ -5,12 +5,16 @@ with the demo's settings, ``app.demo.demo_config``: resnet10t, stem "default", 6
 augmentation overrides and pooling) and the lightly peer (``bench.peers.train_lightly``: lightly's transforms,
 heads, losses and momentum utilities around the same timm backbone, same optimiser and schedule, configured with
 the same augmentation settings) on the same data (the demo collection ``data/demo/emoji/twitter``, 1,911 PNGs), on
-the CPU, in fp32, with the same number of DataLoader workers (our trainer's rule unless ``--workers``: 1 on 2
+the CPU, both in fp32, with the same number of DataLoader workers (our trainer's rule unless ``--workers``: 1 on 2
 cores) and the same torch thread count. Each run skips ``--warmup`` steps (worker start-up, first-touch
 allocations) and times the next ``--steps`` optimiser steps end to end: ``images/s = steps * batch / seconds``.
 The implementations alternate (ours, lightly, ours, lightly, ...) for ``--rounds`` rounds, so machine noise hits
 both alike; the ratio is computed per round and the median reported. ``--ref GITREF`` also times our trainer as
 of a git revision (its ``training/`` package unpacked to a temp dir) in the same rounds: before/after a change.
+
+On a CPU with native bf16 (AMX / AVX512-BF16) our trainer's default precision (``auto``) is bf16 autocast, which
+lightly's examples do not use; the full run therefore also times ours in bf16 in the same rounds (``--bf16``), a
+second, "as shipped" ratio. The goal is judged on the fp32 ratio.
 
 Where the time goes, per step, in the training process: waiting for the DataLoader (``wait``), photometric
 augmentation in the training process (``aug``) and the rest (``compute``: forward, backward, optimiser, momentum
@@ -34,9 +38,9 @@ step took longer than the demo's whole 3-minute budget on 2 cores.
 
 Rerun:  .venv/bin/python bench/train_throughput.py --quick      # ~5 min on a quiet 2-core machine: 1 round,
                                                                 # 2 warm-up + 6 timed steps per run
-        .venv/bin/python bench/train_throughput.py              # 2 rounds, 4 warm-up + 20 timed steps
+        .venv/bin/python bench/train_throughput.py              # 3 rounds, 3 warm-up steps + one epoch (14 steps)
         .venv/bin/python bench/train_throughput.py --json       # {"method": {"lookalike_ips", "peer_ips", "ratio"}}
-        .venv/bin/python bench/train_throughput.py --quick --ref HEAD   # before/after uncommitted trainer changes
+        .venv/bin/python bench/train_throughput.py --ref 07cbce4~1   # + our trainer before the speed changes
 Writes bench/results/train_throughput.json (figures, settings, machine, date) and train_throughput.png.
 Other jobs sharing the CPU slow both sides, and our trainer less than lightly or more depending on what they do;
 compare the ratios, which are measured back to back.
@@ -77,13 +81,13 @@ def demo_settings() -> dict:
             "pool": cfg.pool, "augment": dict(cfg.augment)}
 
 
-def our_config(method: str, data: Path, out: Path, workers: int | None):
-    """The demo's TrainConfig for ``method`` (``app.demo.demo_config``), forced to fp32 on the CPU, logging every
-    step, without a time limit (the benchmark stops it)."""
+def our_config(method: str, data: Path, out: Path, workers: int | None, precision: str = "fp32"):
+    """The demo's TrainConfig for ``method`` (``app.demo.demo_config``) on the CPU in ``precision`` (fp32 unless
+    told), logging every step, without a time limit (the benchmark stops it)."""
     from app.demo import demo_config
 
     cfg = demo_config(method, data, out, minutes=60.0)
-    return dataclasses.replace(cfg, minutes=None, epochs=10_000, precision="fp32", device="cpu", workers=workers,
+    return dataclasses.replace(cfg, minutes=None, epochs=10_000, precision=precision, device="cpu", workers=workers,
                                log_every=1, val_dir=None, resume=False)
 
 
@@ -163,7 +167,7 @@ def _steady(times: list[float], waits: list[float], augs: list[float], warmup: i
 
 
 def run_ours(method: str, data: Path, tmp: Path, workers: int | None, warmup: int, steps: int,
-             package: str = "training") -> dict:
+             package: str = "training", precision: str = "fp32") -> dict:
     """Our trainer (from ``package``: ``training``, or a copy made by :func:`trainer_at`) on the demo's config."""
     import importlib
 
@@ -179,7 +183,7 @@ def run_ours(method: str, data: Path, tmp: Path, workers: int | None, warmup: in
             stop.set()
 
     out = Path(tempfile.mkdtemp(prefix=f"ours-{method}-", dir=tmp)) / "run"
-    cfg = trainer.TrainConfig(**dataclasses.asdict(our_config(method, data, out, workers)))
+    cfg = trainer.TrainConfig(**dataclasses.asdict(our_config(method, data, out, workers, precision)))
     undo = _instrument(probe, trainer, augment)
     try:
         trainer.train(cfg, progress=False, stop_event=stop, on_log=on_log)
@@ -271,6 +275,10 @@ def summarise(rounds: dict) -> dict:
             f["speedup_vs_ref"] = statistics.median(r["ours"]["images_per_s"] / r["ref"]["images_per_s"]
                                                     for r in runs)
             f["ref_step"] = {k: med("ref", k) for k in parts}
+        if "bf16" in runs[0]:
+            f["lookalike_bf16_ips"] = med("bf16", "images_per_s")
+            f["bf16_ratio"] = statistics.median(r["bf16"]["images_per_s"] / r["peer"]["images_per_s"] for r in runs)
+            f["bf16_step"] = {k: med("bf16", k) for k in parts}
         figures[method] = f
     return figures
 
@@ -308,6 +316,11 @@ def table(figures: dict, costs: dict | None) -> str:
         for method, f in figures.items():
             lines.append(f"| {method} | {f['ref_ips']:.1f} | {f['lookalike_ips']:.1f} | {f['speedup_vs_ref']:.2f}x | "
                          f"{f['ref_ratio']:.2f}x |")
+    if any("bf16_ratio" in f for f in figures.values()):
+        lines += ["", "| method | Lookalike as shipped (bf16 autocast) img/s | lightly (fp32) img/s | ratio |",
+                  "|---|---:|---:|---:|"]
+        for method, f in figures.items():
+            lines.append(f"| {method} | {f['lookalike_bf16_ips']:.1f} | {f['peer_ips']:.1f} | {f['bf16_ratio']:.2f}x |")
     if costs:
         lines += ["", f"Per image, CPU time on one thread: decode {costs['decode_ms']:.2f} ms", "",
                   "| method | ours: geometric ms | ours: photometric (batched) ms | "
@@ -331,6 +344,8 @@ def plot(figures: dict, path: Path, ref: str | None = None) -> None:
     bars = [("lookalike_ips", "Lookalike", "#1f77b4"), ("peer_ips", "lightly", "#ff7f0e")]
     if all("ref_ips" in figures[m] for m in methods):
         bars.insert(0, ("ref_ips", f"Lookalike at {ref}", "#aec7e8"))
+    if all("lookalike_bf16_ips" in figures[m] for m in methods):
+        bars.insert(1, ("lookalike_bf16_ips", "Lookalike, bf16 autocast (its CPU default here)", "#17becf"))
     w = 0.8 / len(bars)
     for j, (key, label, color) in enumerate(bars):
         ax.bar([i + (j - (len(bars) - 1) / 2) * w for i in x], [figures[m][key] for m in methods], w, label=label,
@@ -373,20 +388,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 round, 2 warm-up + 6 timed steps (< 5 min)")
     ap.add_argument("--json", action="store_true", help="print {method: {lookalike_ips, peer_ips, ratio}}")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--rounds", type=int, default=None, help="ours/lightly pairs per method (default 2, quick 1)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps per run (default 4, quick 2)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default 20, quick 6)")
+    ap.add_argument("--rounds", type=int, default=None, help="ours/lightly pairs per method (default 3, quick 1)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps per run (default 3, quick 2)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps per run (default: one epoch of the data, 14 for the demo set; quick 6)")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers for both (default: our rule)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     ap.add_argument("--peer-channels-last", action="store_true", help="give the lightly model channels-last too")
     ap.add_argument("--data", default=str(DATA), help="image folder (default: the demo collection)")
     ap.add_argument("--no-costs", action="store_true", help="skip the per-image worker cost table")
+    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                    help="also time our trainer with bf16 autocast, its default where the CPU has native bf16 "
+                         "(auto: when it does)")
     ap.add_argument("--ref", default=None, metavar="GITREF",
                     help="also time our trainer as of this git revision (before/after a change), same rounds")
     args = ap.parse_args(argv)
-    rounds = args.rounds or (1 if args.quick else 2)
-    warmup = args.warmup or (2 if args.quick else 4)
-    steps = args.steps or (6 if args.quick else 20)
+    rounds = args.rounds or (1 if args.quick else 3)
+    warmup = args.warmup or (2 if args.quick else 3)
     if not lightly_available():
         print("lightly is not installed: pip install -e '.[bench]'", file=sys.stderr)
         return 2
@@ -397,12 +415,18 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(prepare_demo_data(ROOT / "data" / "demo").collection)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from retrieval.collection import scan
     from training.trainer import _default_workers
 
     settings = demo_settings()
-    n_images = len(list(p for p in data.rglob("*") if p.is_file()))
+    n_images = len(scan(data).items)
     workers = args.workers if args.workers is not None else _default_workers(n_images, settings["batch_size"])
+    # a whole epoch per timed window: each includes exactly one of our epoch-end checkpoints, as a long run does
+    steps = args.steps or (6 if args.quick else max(2, n_images // settings["batch_size"]))
 
+    from training.trainer import cpu_has_native_bf16
+
+    with_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and not args.quick and cpu_has_native_bf16())
     results: dict = {m: [] for m in args.methods}
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
         ref_package = trainer_at(args.ref, Path(tmp)) if args.ref else None
@@ -412,12 +436,16 @@ def main(argv: list[str] | None = None) -> int:
                 if ref_package:
                     run["ref"] = run_ours(method, data, Path(tmp), workers, warmup, steps, ref_package)
                 run["ours"] = run_ours(method, data, Path(tmp), workers, warmup, steps)
+                if with_bf16:
+                    run["bf16"] = run_ours(method, data, Path(tmp), workers, warmup, steps, precision="bf16")
                 run["peer"] = run_peer(method, data, Path(tmp), settings, workers, warmup, steps,
                                        args.peer_channels_last)
                 results[method].append(run)
                 ours, peer = run["ours"]["images_per_s"], run["peer"]["images_per_s"]
                 line = (f"round {r + 1}/{rounds} {method}: Lookalike {ours:.1f} img/s, lightly {peer:.1f} img/s "
                         f"({ours / peer:.2f}x)")
+                if with_bf16:
+                    line += f"; Lookalike bf16 {run['bf16']['images_per_s']:.1f} img/s"
                 if ref_package:
                     line += f"; Lookalike at {args.ref} {run['ref']['images_per_s']:.1f} img/s"
                 print(line, file=sys.stderr, flush=True)
@@ -427,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(figures, RESULTS / f"{NAME}.png", args.ref)
     save_result(NAME, figures, worker_costs=costs, quick=args.quick, rounds=rounds, warmup_steps=warmup,
                 timed_steps=steps, workers=workers, torch_threads=torch.get_num_threads(), precision="fp32",
-                device="cpu", data=str(data), images=n_images, peer="lightly " + _lightly_version(),
+                also_bf16=with_bf16, device="cpu", data=str(data), images=n_images, peer="lightly " + _lightly_version(),
                 peer_channels_last=args.peer_channels_last, goal_ratio=GOAL, ref=args.ref, **settings)
     if args.json:
         print(json.dumps({m: {k: f[k] for k in ("lookalike_ips", "peer_ips", "ratio")}
