@@ -8,7 +8,11 @@ unified code in ``emoji.json``); only queries whose emoji is in the collection c
 * recall@1, recall@10 -- the right emoji is the first result / in the top 10;
 * mAP@10 -- mean average precision at 10 with one relevant item (= mean reciprocal rank within the top 10);
 * kNN acc -- subcategory (99 labels) of each query predicted by a weighted kNN vote of the collection
-  (``retrieval.metrics.knn_accuracy`` defaults: k=200, T=0.1);
+  (``retrieval.metrics.knn_accuracy`` defaults: k=200, T=0.1, the setting of InstDisc on ImageNet);
+* kNN acc k=20 -- the same vote among the 20 nearest only. With ~19 images per subcategory here (ImageNet has
+  ~1,300 per class), 200 neighbours are at least 90% other subcategories and the vote is decided by how peaked the
+  similarities are; k=20 is about one subcategory's size. Reported beside the default, not instead of it: the
+  goal check keeps k=200, the setting fixed before these results were seen;
 * train minutes -- wall-clock minutes of the training call; steps -- optimiser steps it took.
 
 Rows: ``pixels`` and ``random:`` (the demo's untrained baselines, ``app.demo.baseline_specs()``); SimCLR, MoCo,
@@ -52,7 +56,8 @@ from bench.common import RESULTS, ROOT, save_result  # noqa: E402
 NAME = "quality"
 METHODS = ("simclr", "moco", "byol", "simsiam", "barlow")
 PEER_METHODS = ("simclr", "byol")  # lightly's rows
-COLUMNS = ("recall@1", "recall@10", "map@10", "knn_acc")
+KNN_CLASS_K = 20  # about one subcategory's size (1,911 images / 99 subcategories)
+COLUMNS = ("recall@1", "recall@10", "map@10", "knn_acc", "knn_acc@20")
 HEADLINE = ("map@10", "knn_acc")  # what "beats" means in the goal check
 FEW_STEPS = 20  # a trained row with fewer optimiser steps than this is flagged: its figures say little
 QUICK_MINUTES = 0.25  # 7 trained rows x (0.25 min + start-up) + 9 evaluations (~18 s each on 2 idle cores) ~ 5 min
@@ -116,6 +121,7 @@ class Evaluation:
             "recall@1": recall_at_k(rel, 1), "recall@10": recall_at_k(rel, 10),
             "map@10": map_at_k(rel, 10, n_relevant=np.ones(len(rel))),
             "knn_acc": knn_accuracy(qs.vectors, q_labels, db.vectors, db_labels),
+            "knn_acc@20": knn_accuracy(qs.vectors, q_labels, db.vectors, db_labels, k=KNN_CLASS_K),
             "queries": len(qs.paths), "collection": len(db.paths),
             "unreadable": len(db.skipped) + len(qs.skipped), "embed_seconds": round(embed_s, 2),
             "encoder": encoder.name, "dim": encoder.dim,
@@ -249,12 +255,12 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 def table(rows: dict[str, dict]) -> str:
-    lines = ["| row | recall@1 | recall@10 | mAP@10 | kNN acc | train minutes | steps |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| row | recall@1 | recall@10 | mAP@10 | kNN acc | kNN acc k=20 | train minutes | steps |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
         if "error" in r or "skipped" in r:
             why = f"ERROR: {r['error']}" if "error" in r else f"skipped: {r['skipped']}"
-            lines.append(f"| {name} | - | - | - | - | - | {why} |")
+            lines.append(f"| {name} | - | - | - | - | - | - | {why} |")
             continue
         cells = [_fmt(r[c]) for c in COLUMNS] + [_fmt(r.get("train_minutes"), 2), _fmt(r.get("steps"))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -471,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                      "pool": cfg.pool, "augment": dict(cfg.augment),
                      "torch_threads": torch.get_num_threads()},
         "metrics": {"knn": "retrieval.metrics.knn_accuracy defaults (k=200, T=0.1)",
+                    "knn@20": f"knn_accuracy with k={KNN_CLASS_K}, T=0.1 (about one subcategory's size)",
                     "map@10": "one relevant item per query", "goal_metrics": list(HEADLINE)},
         "runs_dir": args.runs_dir, "total_seconds": round(time.perf_counter() - t_start, 1),
     }
