@@ -11,26 +11,12 @@ import os
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from retrieval import index_store as ist
-from retrieval.collection import Item
 from retrieval.errors import EncoderMismatchError, LookalikeError
 from retrieval.index_store import IndexStore
-
-D = 8
-IDENTITY = {"spec": "random:tiny", "kind": "random", "backbone": "tiny", "image_size": 32, "dim": D,
-            "stem": "default", "weights": "seed:0"}
-
-
-def unit(n: int, seed: int = 0) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, D)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def items(n: int, prefix: str = "img") -> list[Item]:
-    return [Item(f"{prefix}/{i:04d}.png", size=10 + i, mtime=1.0 + i) for i in range(n)]
+from tests.retrieval.test_index_store import D, IDENTITY, items, unit
 
 
 def make(root: Path, n: int = 4, name: str = "idx") -> IndexStore:
