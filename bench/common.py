@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark scripts: where results go, what machine made them, atomic JSON writes.
+"""Shared helpers of the benchmark scripts: where results go, what machine made them, atomic JSON and plot writes.
 
 Every script in ``bench/`` writes ``bench/results/<name>.json`` with a ``machine`` block (platform, CPU model and
 count, torch/faiss versions, GPU if any) and a UTC ``date`` beside its figures, so a number in the README can be
@@ -71,6 +71,37 @@ def write_atomic(path: Path, obj: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display). Raises ImportError without matplotlib
+    (it comes with the ``bench`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure like :func:`write_atomic` saves JSON (temp file + ``os.replace``), then close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
 
 
 def save_result(name: str, figures: dict, **settings) -> Path:

@@ -52,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, ROOT, save_result  # noqa: E402
+from bench.common import RESULTS, ROOT, pyplot, save_figure, save_result  # noqa: E402
 
 NAME = "embed_throughput"
 ENCODERS = ("random:resnet10t?size=64", "random:resnet18")
@@ -431,10 +431,7 @@ def table(figures: dict) -> str:
 
 
 def plot(figures: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     specs = list(figures["encoders"])
     fig, axes = plt.subplots(1, len(specs), figsize=(4.2 * len(specs), 3.6), squeeze=False)
@@ -457,9 +454,7 @@ def plot(figures: dict, path: Path) -> None:
         ax.legend(fontsize=7, loc="upper right")
     fig.suptitle(f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEGs, batch {BATCH}, {os.cpu_count()} CPU cores", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,7 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import RESULTS, ROOT, machine_info, save_result, utc_now  # noqa: E402
+from bench.common import RESULTS, ROOT, machine_info, pyplot, save_figure, save_result, utc_now  # noqa: E402
 from retrieval import index_store as ist  # noqa: E402
 
 NAME = "index_bench"
@@ -445,10 +445,7 @@ def markdown(fig: dict) -> str:
 
 def plot(fig: dict, path: Path) -> Path | None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         import matplotlib.ticker
     except ImportError:
         return None
@@ -500,10 +497,7 @@ def plot(fig: dict, path: Path) -> Path | None:
         ax.legend(fontsize=6, loc="lower left")
         ax.grid(alpha=0.3)
     f.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f.savefig(path, dpi=120)
-    plt.close(f)
-    return path
+    return save_figure(f, path)
 
 
 def main(argv: list[str] | None = None) -> int:

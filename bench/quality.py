@@ -51,7 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, ROOT, save_result  # noqa: E402
+from bench.common import RESULTS, ROOT, pyplot, save_figure, save_result  # noqa: E402
 
 NAME = "quality"
 METHODS = ("simclr", "moco", "byol", "simsiam", "barlow")
@@ -334,11 +334,9 @@ def goal_text(g: dict) -> str:
 
 
 def plot(rows: dict[str, dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     ok = [(n, r) for n, r in rows.items() if "error" not in r and "skipped" not in r]
     if not ok:
@@ -361,11 +359,7 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------------------

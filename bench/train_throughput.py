@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.common import RESULTS, ROOT, save_result  # noqa: E402
+from bench.common import RESULTS, ROOT, pyplot, save_figure, save_result  # noqa: E402
 from bench.peers import lightly_available, lightly_transform, train_lightly  # noqa: E402
 
 NAME = "train_throughput"
@@ -333,10 +333,7 @@ def table(figures: dict, costs: dict | None) -> str:
 
 
 def plot(figures: dict, path: Path, ref: str | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     methods = list(figures)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -379,8 +376,7 @@ def plot(figures: dict, path: Path, ref: str | None = None) -> None:
     ax2.set_title("where a step's time goes (training process)")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
