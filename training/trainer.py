@@ -56,6 +56,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from retrieval.collection import Collection, scan
+from retrieval.embed import cpu_count
 from retrieval.encoders import POOLS, STEMS, Encoder, build_backbone, resolve_device
 from retrieval.encoders import feature_dim as pooled_dim
 from retrieval.errors import BadImageError, LookalikeError
@@ -660,7 +661,7 @@ def _default_workers(n_images: int, local_batch: int) -> int:
     two workers 40% slower than none (they compete with the model's threads)."""
     if n_images < 2 * local_batch:
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
+    return max(1, min(8, cpu_count() // 2))
 
 
 def _default_lr(cfg: TrainConfig, method: nn.Module) -> float:
