@@ -57,20 +57,29 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_atomic(path: Path, obj: dict) -> None:
-    """Write JSON to ``path`` via a temp file + ``os.replace``: a crash leaves the old file or the new one."""
+def _replace_atomic(path: Path, write, mode: str) -> Path:
+    """``write(file)`` into a temp file beside ``path`` (mode 0644), then ``os.replace``: a crash leaves the old
+    file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+        with os.fdopen(fd, mode) as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_atomic(path: Path, obj: dict) -> None:
+    """Write JSON to ``path`` via a temp file + ``os.replace``: a crash leaves the old file or the new one."""
+    def write(f) -> None:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    _replace_atomic(path, write, "w")
 
 
 def pyplot():
@@ -89,19 +98,10 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return _replace_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".") or "png"), "wb")
     finally:
         plt.close(fig)
-    return path
 
 
 def save_result(name: str, figures: dict, **settings) -> Path:
