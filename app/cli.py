@@ -9,8 +9,12 @@ import sys
 from pathlib import Path
 
 from retrieval.errors import LookalikeError
+from retrieval.identity import describe_identity
+from retrieval.index_kinds import DEFAULT_INDEX_TYPE, INDEX_TYPES, types_help
+from training.settings import add_arguments as add_train_arguments
 
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+# Start-up: this module and what it imports at the top stay free of torch, numpy and FAISS, so that help, argument
+# errors, 'index list' and 'index info' answer at once; each command imports what it needs (tests/test_startup.py).
 
 
 def _print_json(obj) -> None:
@@ -38,8 +42,6 @@ def _print_report(report, args, verb: str) -> None:
         _print_json(report.to_json())
         return
     _report_skipped(report.skipped)
-    from retrieval.encoders import describe_identity
-
     print(f"{verb} index {report.name!r}: {report.count} images, dim {report.dim}, "
           f"encoder {describe_identity(report.encoder)}"
           + (f" (+{report.added} -{report.removed})" if verb != "built" else ""))
@@ -47,10 +49,15 @@ def _print_report(report, args, verb: str) -> None:
 
 # ----- index -------------------------------------------------------------------------------------------------
 def cmd_index_build(args) -> int:
-    ws = _workspace(args)
-    report = ws.build(args.dir, args.encoder, args.name, index_type=args.type, overwrite=args.overwrite,
-                      batch_size=args.batch_size, workers=args.workers, progress=not args.json)
-    _print_report(report, args, "built")
+    from retrieval.distributed import Ranks
+    from retrieval.workspace import Workspace
+
+    with Ranks.join(args.device) as ranks:  # one process, or this rank of a torchrun job
+        ws = Workspace(args.indexes, device=ranks.device)
+        report = ws.build(args.dir, args.encoder, args.name, index_type=args.type, overwrite=args.overwrite,
+                          batch_size=args.batch_size, workers=args.workers, progress=not args.json, ranks=ranks)
+    if report is not None:  # rank 0 wrote the index and reports it; the other ranks print nothing
+        _print_report(report, args, "built")
     return 0
 
 
@@ -70,8 +77,6 @@ def cmd_index_refresh(args) -> int:
 
 
 def cmd_index_list(args) -> int:
-    from retrieval.encoders import describe_identity
-
     rows = _workspace(args).list()
     if args.json:
         _print_json(rows)
@@ -85,12 +90,10 @@ def cmd_index_list(args) -> int:
 
 
 def cmd_index_info(args) -> int:
-    info = _workspace(args).store(args.name).info()
+    info = _workspace(args).info(args.name)
     if args.json:
         _print_json(info)
         return 0
-    from retrieval.encoders import describe_identity
-
     for key in ("name", "root", "count", "dim", "index_type", "factory", "created", "updated", "size_bytes"):
         if key in info:
             print(f"{key:<11} {info[key]}")
@@ -152,13 +155,10 @@ def cmd_eval(args) -> int:
 
 # ----- train / app / demo ----------------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from training.trainer import TrainConfig, train
+    from training.settings import config_from_args
+    from training.trainer import train
 
-    cfg_kwargs = {k: getattr(args, k) for k in (
-        "method", "backbone", "image_size", "batch_size", "epochs", "minutes", "out", "resume", "device",
-        "lr", "workers", "seed", "precision", "stem", "pool") if getattr(args, k) is not None}
-    config = TrainConfig(data_dir=args.dir, val_dir=args.val, **cfg_kwargs)
-    run_dir = train(config, progress=True)
+    run_dir = train(config_from_args(args), progress=True)
     print(f"encoder saved to {run_dir} — index with: lookalike index build {args.dir} --encoder {run_dir} "
           f"--name {Path(run_dir).name}")
     return 0
@@ -167,7 +167,8 @@ def cmd_train(args) -> int:
 def cmd_app(args) -> int:
     from app.ui import launch
 
-    launch(indexes=args.indexes, host=args.host, port=args.port, share=args.share)
+    launch(indexes=args.indexes, host=args.host, port=args.port, share=args.share, auth=args.auth,
+           allow_dirs=args.allow_dir)
     return 0
 
 
@@ -175,24 +176,22 @@ def cmd_demo(args) -> int:
     from app.demo import run_demo
 
     run_demo(indexes=args.indexes, data=args.data, host=args.host, port=args.port, minutes=args.minutes,
-             train=not args.no_train, open_app=not args.no_app)
+             train=not args.no_train, open_app=not args.no_app, auth=args.auth, allow_dirs=args.allow_dir)
     return 0
 
 
 # ----- parser ----------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lookalike", description="Image similarity search on your own photos, with "
-                                "encoders trained on them without labels.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _common(sp, json_flag: bool = True, indexes: bool = True) -> None:
+    """The options most sub-commands share."""
+    if indexes:
+        sp.add_argument("--indexes", default=os.environ.get("LOOKALIKE_INDEXES", "indexes"),
+                        metavar="ROOT", help="where indexes live (default ./indexes)")
+    if json_flag:
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
 
-    def common(sp, json_flag=True, indexes=True):
-        if indexes:
-            sp.add_argument("--indexes", default=os.environ.get("LOOKALIKE_INDEXES", "indexes"),
-                            metavar="ROOT", help="where indexes live (default ./indexes)")
-        if json_flag:
-            sp.add_argument("--json", action="store_true", help="machine-readable output")
-        sp.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
 
+def _add_index_commands(sub) -> None:
     idx = sub.add_parser("index", help="build and maintain indexes").add_subparsers(dest="index_cmd", required=True,
                                                                                  metavar="ACTION")
     b = idx.add_parser("build", help="embed every image of DIR into a new index")
@@ -200,80 +199,73 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--encoder", required=True, metavar="SPEC",
                    help="pixels | random:NAME | timm:NAME | runs/RUN (a trained encoder)")
     b.add_argument("--name", required=True)
-    b.add_argument("--type", default="auto", choices=INDEX_TYPES)
+    b.add_argument("--type", default=DEFAULT_INDEX_TYPE, choices=INDEX_TYPES,
+                   help=f"index kind (default {DEFAULT_INDEX_TYPE}) - {types_help()}")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index of that name")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--workers", type=int, default=None, help="decode processes (default: by collection size)")
-    common(b)
+    _common(b)
     b.set_defaults(func=cmd_index_build)
     for verb, func, hlp in (("add", cmd_index_add, "embed and add files of the collection"),
                             ("remove", cmd_index_remove, "remove files from the index")):
         sp = idx.add_parser(verb, help=hlp)
         sp.add_argument("name")
         sp.add_argument("paths", nargs="+")
-        common(sp)
+        _common(sp)
         sp.set_defaults(func=func)
     r = idx.add_parser("refresh", help="re-embed only new or changed files, drop deleted ones")
     r.add_argument("name")
-    common(r)
+    _common(r)
     r.set_defaults(func=cmd_index_refresh)
     ls = idx.add_parser("list", help="list indexes")
-    common(ls)
+    _common(ls)
     ls.set_defaults(func=cmd_index_list)
     inf = idx.add_parser("info", help="manifest, counts and skipped files of an index")
     inf.add_argument("name")
-    common(inf)
+    _common(inf)
     inf.set_defaults(func=cmd_index_info)
 
+
+def _add_query_commands(sub) -> None:
     s = sub.add_parser("search", help="most similar images to IMAGE in index NAME")
     s.add_argument("name")
     s.add_argument("image")
     s.add_argument("-k", type=int, default=10)
-    common(s)
+    _common(s)
     s.set_defaults(func=cmd_search)
 
     c = sub.add_parser("compare", help="the same query against several indexes, side by side")
     c.add_argument("image")
     c.add_argument("--index", action="append", metavar="NAME", help="repeat for each index (default: all)")
     c.add_argument("-k", type=int, default=5)
-    common(c)
+    _common(c)
     c.set_defaults(func=cmd_compare)
 
     e = sub.add_parser("eval", help="retrieval metrics on a folder with one sub-folder per label")
     e.add_argument("dir")
     e.add_argument("--encoder", action="append", required=True, metavar="SPEC", help="repeat to compare")
     e.add_argument("--batch-size", type=int, default=64)
-    common(e, indexes=False)
+    _common(e, indexes=False)
     e.set_defaults(func=cmd_eval)
 
-    t = sub.add_parser("train", help="train an encoder on DIR without labels")
-    t.add_argument("dir")
-    t.add_argument("--method", default="simclr", choices=("simclr", "moco", "byol", "simsiam", "barlow"))
-    t.add_argument("--backbone", default=None, help="any timm model name")
-    t.add_argument("--image-size", type=int, default=None)
-    t.add_argument("--stem", default=None, choices=("default", "small"),
-                   help="small: no early downsampling (more detail, ~3x the compute)")
-    t.add_argument("--pool", default=None, choices=("avg", "grid"),
-                   help="how the run's index vectors are pooled: avg (global, default) or grid (4x4 layout; "
-                        "best for aligned images such as icons and scans)")
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--minutes", type=float, default=None, help="time budget")
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--out", default=None, help="run directory (default runs/METHOD-BACKBONE-TIME)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    t.add_argument("--val", default=None, metavar="DIR", help="labelled folder for a kNN monitor each epoch")
-    t.add_argument("--workers", type=int, default=None)
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--precision", default=None, choices=("auto", "bf16", "fp16", "fp32"))
-    t.add_argument("--device", default=None, help="auto, cpu or cuda")
-    t.set_defaults(func=cmd_train)
 
+def _access_flags(sp) -> None:
+    """Login and folder roots of the web UI (required once it listens beyond this machine; see app/access.py)."""
+    sp.add_argument("--auth", default=None, metavar="USER:PASSWORD",
+                    help="login for the page, or @FILE with one USER:PASSWORD a line (default: $LOOKALIKE_AUTH); "
+                         "required with --share or a --host other than loopback")
+    sp.add_argument("--allow-dir", action="append", default=None, metavar="DIR",
+                    help="a folder the page may index or train on, with everything under it (repeat for more; "
+                         "default beyond loopback: the collections of the existing indexes)")
+
+
+def _add_app_commands(sub) -> None:
     a = sub.add_parser("app", help="open the web UI")
     a.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     a.add_argument("--port", type=int, default=7860)
     a.add_argument("--share", action="store_true", help="also open a public share link (off by default)")
     a.add_argument("--indexes", default=os.environ.get("LOOKALIKE_INDEXES", "indexes"), metavar="ROOT")
+    _access_flags(a)
     a.set_defaults(func=cmd_app)
 
     d = sub.add_parser("demo", help="prepare the demo collection, build its indexes, train, open the UI")
@@ -284,11 +276,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--minutes", type=float, default=None, help="training budget per method")
     d.add_argument("--no-train", action="store_true", help="skip background training")
     d.add_argument("--no-app", action="store_true", help="prepare everything, then exit without opening the UI")
+    _access_flags(d)
     d.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lookalike", description="Image similarity search on your own photos, with "
+                                "encoders trained on them without labels.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_index_commands(sub)
+    _add_query_commands(sub)
+
+    t = sub.add_parser("train", help="train an encoder on DIR without labels")
+    add_train_arguments(t)
+    t.set_defaults(func=cmd_train)
+    _add_app_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from retrieval.allocator import tune_allocator
+
+    tune_allocator()  # this process and the workers it forks keep their memory pages (retrieval.allocator)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -7,18 +7,19 @@ traced to the run that produced it.
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import platform
 import sys
-import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from retrieval.fsutil import atomic_write_bytes, atomic_write_json  # noqa: E402
+from retrieval.fsutil import now_iso as utc_now  # noqa: E402,F401 (the benchmarks' name for it)
 
 
 def cpu_model() -> str:
@@ -53,33 +54,11 @@ def machine_info() -> dict:
     return info
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _replace_atomic(path: Path, write, mode: str) -> Path:
-    """``write(file)`` into a temp file beside ``path`` (mode 0644), then ``os.replace``: a crash leaves the old
-    file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_atomic(path: Path, obj: dict) -> None:
-    """Write JSON to ``path`` via a temp file + ``os.replace``: a crash leaves the old file or the new one."""
-    def write(f) -> None:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    _replace_atomic(path, write, "w")
+    """Write JSON to ``path`` atomically (:func:`retrieval.fsutil.atomic_write_json`): a crash leaves the old file
+    or the new one."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, obj)
 
 
 def pyplot():
@@ -99,7 +78,11 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
 
     path = Path(path)
     try:
-        return _replace_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".") or "png"), "wb")
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buf.getvalue())
+        return path
     finally:
         plt.close(fig)
 

@@ -52,6 +52,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, ROOT, pyplot, save_figure, save_result  # noqa: E402
+from retrieval.runformat import META, STATE, WEIGHTS, read_meta, read_metrics  # noqa: E402
 
 NAME = "quality"
 METHODS = ("simclr", "moco", "byol", "simsiam", "barlow")
@@ -134,10 +135,7 @@ class Evaluation:
 def _run_facts(run: Path) -> dict:
     """Steps, epochs and the trainer's own clock of a run directory, from encoder.json / metrics.jsonl."""
     facts: dict = {}
-    try:
-        meta = json.loads((run / "encoder.json").read_text())
-    except (OSError, ValueError):
-        meta = {}
+    meta = read_meta(run) or {}
     for k in ("step", "epoch", "finished"):
         if k in meta:
             facts[k if k != "step" else "steps"] = meta[k]
@@ -145,15 +143,11 @@ def _run_facts(run: Path) -> dict:
     if "batch_size" in cfg:
         facts["batch_size"] = cfg["batch_size"]
     last_time = None
-    try:
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            rec = json.loads(line)
-            if "time" in rec:
-                last_time = rec["time"]
-            if "steps" not in facts and "step" in rec:
-                facts["steps"] = rec["step"]
-    except (OSError, ValueError):
-        pass
+    for rec in read_metrics(run):
+        if "time" in rec:
+            last_time = rec["time"]
+        if "steps" not in facts and "step" in rec:
+            facts["steps"] = rec["step"]
     if last_time is not None:
         facts["clock_minutes"] = round(float(last_time) / 60, 3)
     return facts
@@ -180,10 +174,7 @@ def _wall_minutes(run: Path) -> float | None:
 
 
 def _finished(run: Path) -> bool:
-    try:
-        return bool(json.loads((run / "encoder.json").read_text()).get("finished"))
-    except (OSError, ValueError):
-        return False
+    return bool((read_meta(run) or {}).get("finished"))
 
 
 def train_lookalike(method: str, data_dir: Path, run: Path, minutes: float) -> tuple[Path, float | None, bool]:
@@ -199,7 +190,7 @@ def train_lookalike(method: str, data_dir: Path, run: Path, minutes: float) -> t
 
     if _finished(run):
         return run, _wall_minutes(run), True
-    resume = (run / "state.pt").exists()
+    resume = (run / STATE).exists()
     cfg = dataclasses.replace(demo_config(method, data_dir, run, minutes, resume=resume), device="cpu")
     if resume:  # an interrupted earlier call: continue it; the clock includes its first segment
         prior = _run_facts(run).get("clock_minutes") or 0.0
@@ -229,7 +220,7 @@ def train_peer(peers, method: str, data_dir: Path, run: Path, minutes: float) ->
     """lightly's ``method`` with the demo's backbone, stem, image size and batch, for ``minutes``."""
     from app.demo import DEMO_AUGMENT, DEMO_BACKBONE, DEMO_IMAGE_SIZE, DEMO_STEM, demo_config
 
-    if (run / "encoder.json").is_file() and (run / "encoder.safetensors").is_file():
+    if (run / META).is_file() and (run / WEIGHTS).is_file():
         return run, _wall_minutes(run), True
     if run.exists():  # a peer run that was cut short (no encoder.json): it cannot resume, so start again
         shutil.rmtree(run)

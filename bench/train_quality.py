@@ -22,7 +22,6 @@ import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +33,7 @@ from retrieval.encoders import load_encoder  # noqa: E402
 from retrieval.synthetic import make_collection  # noqa: E402
 from retrieval.workspace import evaluate_folder  # noqa: E402
 from training.trainer import TrainConfig, train  # noqa: E402
-from bench.common import write_atomic  # noqa: E402
+from bench.common import utc_now, write_atomic  # noqa: E402
 
 METHODS = ("simclr", "moco", "byol")
 BASELINES = ("pixels", "random:resnet10t?size=64")
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = dict(rows)
     out["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
-    out["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    out["date"] = utc_now()
     out["budget_minutes_per_method"] = minutes
     write_atomic(RESULTS, out)
     print(json.dumps(out, indent=2) if args.json else _table(rows))

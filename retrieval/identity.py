@@ -3,10 +3,15 @@ index does not import a deep-learning stack."""
 
 from __future__ import annotations
 
+from .errors import EncoderMismatchError
+
+# Backbone stems and poolings an encoder may have (retrieval.encoders builds them; training offers them).
+STEMS = ("default", "small")
+POOLS = ("avg", "grid")
 # The identity fields that must agree between an index and the encoder used to query it.
-IDENTITY_KEYS = ("kind", "backbone", "image_size", "dim", "stem", "weights", "pool")
+IDENTITY_KEYS = ("kind", "backbone", "image_size", "dim", "stem", "weights", "pool", "interpolation")
 # What an identity written before a key existed meant by it.
-_DEFAULTS = {"pool": "avg"}
+_DEFAULTS = {"pool": "avg", "interpolation": "bilinear"}
 
 
 def identity_matches(a: dict, b: dict) -> bool:
@@ -24,3 +29,12 @@ def describe_identity(identity: dict) -> str:
     label = identity.get("method") or kind
     pool = " grid" if identity.get("pool", "avg") != "avg" else ""
     return f"{label} {identity.get('backbone')} @{identity.get('image_size')}px{pool} ({short})"
+
+
+def mismatch_error(index_name: str, built: dict, other: dict) -> EncoderMismatchError:
+    """The one message for an index queried or changed with an encoder other than the one it was built with."""
+    return EncoderMismatchError(
+        f"index {index_name!r} was built with {describe_identity(built)} [{built.get('spec')}], not "
+        f"{describe_identity(other)} [{other.get('spec')}]: search it with its own encoder, or rebuild the index "
+        f"with the new one: 'lookalike index build DIR --encoder {other.get('spec')} --name {index_name} "
+        f"--overwrite'")

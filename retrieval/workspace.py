@@ -9,18 +9,29 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import numpy as np
+from .errors import LookalikeError
+from .identity import identity_matches, mismatch_error
+from .store_files import MANIFEST, describe_from_disk, list_indexes
 
-from .collection import Collection, Item, Skipped, scan
-from .embed import embed_collection, embed_query
-from .encoders import Encoder, describe_identity, identity_matches, load_encoder
-from .errors import EncoderMismatchError, LookalikeError
-from .index_store import IndexStore, list_indexes
-from .metrics import evaluate_labelled
+if TYPE_CHECKING:  # pragma: no cover
+    from .collection import Collection, Item, Skipped
+    from .distributed import Ranks
+    from .encoders import Encoder
+    from .index_store import IndexStore
+
+# Encoders (torch), embedding and the store (numpy, FAISS) are imported by the operations that use them, so that
+# listing indexes or reading a manifest starts in a fraction of a second.
 
 Progress = Callable[[int, int], None]
+
+
+def load_encoder(spec: str, device: str = "cpu") -> Encoder:
+    """:func:`retrieval.encoders.load_encoder`, imported on first use (it brings torch)."""
+    from .encoders import load_encoder as load
+
+    return load(spec, device=device)
 
 
 @dataclass
@@ -69,6 +80,8 @@ class Workspace:
             return self._encoders[spec]
 
     def store(self, name: str) -> IndexStore:
+        from .index_store import IndexStore
+
         with self._lock:
             store = self._stores.get(name)
             if store is None:
@@ -82,14 +95,15 @@ class Workspace:
         built = store.manifest["encoder"]
         encoder = self.encoder(spec or built["spec"])
         if not identity_matches(encoder.identity, built):
-            raise EncoderMismatchError(
-                f"index {store.name!r} was built with {describe_identity(built)}, not "
-                f"{describe_identity(encoder.identity)}; search it with its own encoder or rebuild it with "
-                f"'lookalike index build DIR --encoder {encoder.spec} --name {store.name} --overwrite'")
+            raise mismatch_error(store.name, built, encoder.identity)
         return encoder
 
     def list(self) -> list[dict]:
         return list_indexes(self.root)
+
+    def info(self, name: str) -> dict:
+        """:meth:`IndexStore.info` of index ``name``, read from its files without opening it where it can be."""
+        return describe_from_disk(self.root, name) or self.store(name).info()
 
     def forget(self, name: str) -> None:
         with self._lock:
@@ -98,15 +112,31 @@ class Workspace:
     # ----- writes --------------------------------------------------------------------------------------------
     def build(self, directory: str | Path, encoder_spec: str, name: str, index_type: str = "auto",
               overwrite: bool = False, batch_size: int = 64, workers: int | None = None, progress: bool = True,
-              on_progress: Progress | None = None) -> BuildReport:
-        """Scan ``directory``, embed every good image, write ``root/name``. Bad files are reported, not fatal."""
+              on_progress: Progress | None = None, ranks: Ranks | None = None) -> BuildReport | None:
+        """Scan ``directory``, embed every good image, write ``root/name``. Bad files are reported, not fatal.
+
+        With ``ranks`` (a ``torchrun`` job, :mod:`retrieval.distributed`) rank 0 scans, every rank embeds its
+        shard and rank 0 alone writes the index and gets the report; the other ranks get None."""
+        from .collection import scan
+        from .distributed import Ranks, encoder_key
+        from .index_store import IndexStore
+
+        ranks = ranks or Ranks()
         encoder = self.encoder(encoder_spec)
-        collection = scan(directory, labels=True, progress=progress)
-        if not overwrite and (self.root / name / "manifest.json").exists():
-            raise LookalikeError(f"index {name!r} already exists under {self.root}; pass --overwrite to rebuild "
-                                 f"it or 'lookalike index refresh {name}' to update it")
-        result = embed_collection(encoder, collection, batch_size=batch_size, workers=workers,
-                                  progress=progress, on_progress=on_progress)
+        ranks.check_same({"encoder": encoder_key(encoder.identity), "folder": str(Path(directory).resolve()),
+                          "name": name, "index type": index_type})
+
+        def scan_new() -> Collection:
+            collection = scan(directory, labels=True, progress=progress)
+            if not overwrite and (self.root / name / MANIFEST).exists():
+                raise LookalikeError(f"index {name!r} already exists under {self.root}; pass --overwrite to "
+                                     f"rebuild it or 'lookalike index refresh {name}' to update it")
+            return collection
+        collection = ranks.on_main(scan_new)
+        result = ranks.embed(encoder, collection, batch_size=batch_size, workers=workers, progress=progress,
+                             on_progress=on_progress)
+        if result is None:  # a rank other than 0: its vectors went to rank 0, which writes the index
+            return None
         by_path = {it.path: it for it in collection.items}
         skipped = collection.skipped + result.skipped
         store = IndexStore.create(self.root, name, encoder.identity, encoder.dim, Path(directory).resolve(),
@@ -120,6 +150,8 @@ class Workspace:
     def add(self, name: str, paths: list[str | Path], progress: bool = True,
             on_progress: Progress | None = None) -> BuildReport:
         """Add (or re-embed) files of the index's collection, given relative to its root or as absolute paths."""
+        from .collection import Collection, Skipped, scan
+
         store = self.store(name)
         root = Path(store.manifest["root"])
         rel = [self._relative(root, p) for p in paths]
@@ -140,6 +172,8 @@ class Workspace:
 
     def refresh(self, name: str, progress: bool = True, on_progress: Progress | None = None) -> BuildReport:
         """Re-scan the collection: embed only new or changed files (size or mtime), drop deleted ones."""
+        from .collection import scan
+
         store = self.store(name)
         root = Path(store.manifest["root"])
         if not root.is_dir():
@@ -156,6 +190,8 @@ class Workspace:
     def _apply(self, store: IndexStore, collection: Collection, to_embed: list[Item], to_remove: list[str],
                skipped: list[Skipped], progress: bool, on_progress: Progress | None,
                replace_skipped: bool = False) -> BuildReport:
+        from .embed import embed_collection
+
         encoder = self.encoder_for(store)
         result = embed_collection(encoder, collection, paths=[it.path for it in to_embed], progress=progress,
                                   on_progress=on_progress)
@@ -184,6 +220,8 @@ class Workspace:
     # ----- reads ---------------------------------------------------------------------------------------------
     def search(self, name: str, image, k: int = 10, encoder_spec: str | None = None) -> list[Result]:
         """Top-k of ``image`` (path, bytes or PIL image) in index ``name``, best first."""
+        from .embed import embed_query
+
         if k < 1:
             raise LookalikeError("k must be at least 1")
         store = self.store(name)
@@ -207,6 +245,12 @@ def _by_path(s: Skipped) -> str:
 def evaluate_folder(directory: str | Path, encoder: Encoder, progress: bool = True,
                     batch_size: int = 64) -> dict:
     """Leave-one-out retrieval metrics of ``encoder`` on a folder whose sub-folders are labels."""
+    import numpy as np
+
+    from .collection import scan
+    from .embed import embed_collection
+    from .metrics import evaluate_labelled
+
     collection = scan(directory, labels=True, progress=progress)
     labelled = [it for it in collection.items if it.label is not None]
     if len({it.label for it in labelled}) < 2:

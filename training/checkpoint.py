@@ -1,6 +1,6 @@
 """Training run directories: write a checkpoint atomically, read one back for ``--resume``.
 
-A run directory ``runs/NAME/`` holds (see the spec's checkpoint format)::
+A run directory ``runs/NAME/`` holds (names and versions in :mod:`retrieval.runformat`, this the one writer)::
 
     encoder.safetensors   backbone weights only, timm key names (what retrieval loads)
     encoder.json          identity, config, data fingerprint, metrics, weights_sha256 — written last
@@ -8,22 +8,19 @@ A run directory ``runs/NAME/`` holds (see the spec's checkpoint format)::
     metrics.jsonl         one JSON object per logged step / epoch
 
 Every file is first written in full to a hidden temporary name in the same directory (``.state.pt.tmp-PID``),
-flushed to disk, and then moved over the real name with ``os.replace``, which is atomic. All three temporaries
-are complete before the first rename, so the renames happen back to back and a crash leaves either the previous
-checkpoint or the new one; in the worst case (a crash between two renames) the weights are newer than
-``encoder.json`` and the loader's sha256 check refuses them until the run is resumed. ``state.pt`` is
-self-contained (it holds the whole method, backbone included), so resuming never depends on the other files.
-Temporaries are never read; :func:`remove_temporaries` deletes leftovers of a killed run.
+flushed to disk, and then moved over the real name with ``os.replace``, which is atomic (both through
+:mod:`retrieval.fsutil`). All three temporaries are complete before the first rename, so the renames happen back to
+back and a crash leaves either the previous checkpoint or the new one; in the worst case (a crash between two
+renames) the weights are newer than ``encoder.json`` and the loader's sha256 check refuses them until the run is
+resumed. ``state.pt`` is self-contained (it holds the whole method, backbone included), so resuming never depends
+on the other files. Temporaries are never read; :func:`remove_temporaries` deletes leftovers of a killed run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
-import re
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,37 +28,17 @@ import torch
 from torch import nn
 
 from retrieval.errors import CheckpointError
+from retrieval.fsutil import json_bytes, publish, write_temp
+from retrieval.runformat import FORMAT_VERSION, META, METRICS, STATE, STATE_VERSION, WEIGHTS, is_run_temporary, \
+    read_meta
 
 __all__ = ["WEIGHTS", "META", "STATE", "METRICS", "FORMAT_VERSION", "STATE_VERSION", "save_checkpoint", "load_state",
-           "read_meta", "remove_temporaries", "backbone_tensors", "atomic_write_bytes", "now_iso"]
-
-WEIGHTS, META, STATE, METRICS = "encoder.safetensors", "encoder.json", "state.pt", "metrics.jsonl"
-FORMAT_VERSION = 1  # encoder.json
-STATE_VERSION = 1  # state.pt
-_TMP = re.compile(r"^\.(encoder\.safetensors|encoder\.json|state\.pt|metrics\.jsonl)\.tmp-\d+$")
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+           "read_meta", "remove_temporaries", "backbone_tensors"]
 
 
 def _write_tmp(path: Path, data: bytes) -> Path:
-    tmp = _tmp_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old content or the new one, never a mix."""
-    path = Path(path)
-    os.replace(_write_tmp(path, data), path)
+    """One flushed temporary (a seam: the tests kill a checkpoint write half-way through it)."""
+    return write_temp(path, data)
 
 
 def backbone_tensors(backbone: nn.Module) -> dict[str, torch.Tensor]:
@@ -83,13 +60,13 @@ def save_checkpoint(run_dir: str | os.PathLike, backbone: nn.Module, state: dict
     sha = hashlib.sha256(weights).hexdigest()
     buf = io.BytesIO()
     torch.save({**state, "weights_sha256": sha}, buf)
-    meta_bytes = (json.dumps({**meta, "weights_sha256": sha}, indent=2, default=str) + "\n").encode()
+    meta_bytes = json_bytes({**meta, "weights_sha256": sha}, default=str)
     tmp_weights = _write_tmp(run / WEIGHTS, weights)
     tmp_state = _write_tmp(run / STATE, buf.getvalue())
     tmp_meta = _write_tmp(run / META, meta_bytes)
-    os.replace(tmp_state, run / STATE)
-    os.replace(tmp_weights, run / WEIGHTS)
-    os.replace(tmp_meta, run / META)  # last: a json always names weights that were fully written
+    publish(tmp_state, run / STATE)
+    publish(tmp_weights, run / WEIGHTS)
+    publish(tmp_meta, run / META)  # last: a json always names weights that were fully written
     return sha
 
 
@@ -112,22 +89,13 @@ def load_state(run_dir: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def read_meta(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """``encoder.json`` of a run, or None when there is none (or it is unreadable)."""
-    path = Path(run_dir) / META
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def remove_temporaries(run_dir: str | os.PathLike) -> list[str]:
     """Delete temporary files left by an interrupted checkpoint write; returns their names."""
     run = Path(run_dir)
     removed = []
     if run.is_dir():
         for p in run.iterdir():
-            if _TMP.match(p.name) and p.is_file():
+            if is_run_temporary(p.name) and p.is_file():
                 p.unlink(missing_ok=True)
                 removed.append(p.name)
     return sorted(removed)

@@ -11,9 +11,11 @@ import os
 import threading
 from pathlib import Path
 
+import faiss
 import pytest
 
 from retrieval import index_store as ist
+from retrieval.fsutil import is_temp
 from retrieval.errors import EncoderMismatchError, LookalikeError
 from retrieval.index_store import IndexStore
 from tests.retrieval.test_index_store import D, IDENTITY, items, unit
@@ -115,7 +117,7 @@ def test_writers_with_their_own_store_objects_are_serialised_by_the_index_lock(t
 
 def test_threads_sharing_one_store_are_serialised_even_without_the_file_lock(tmp_path, slow_writes, monkeypatch):
     # Where fcntl is missing (Windows) the in-process lock is all that keeps one app's writers apart.
-    monkeypatch.setattr(ist, "_dir_lock", lambda directory: contextlib.nullcontext())
+    monkeypatch.setattr(ist, "dir_lock", lambda directory: contextlib.nullcontext())
     store = make(tmp_path, n=4)
     errors = _concurrent_adds([store] * 3)
     assert not errors, errors[0]
@@ -145,8 +147,9 @@ def test_data_files_and_the_new_manifest_are_on_disk_before_the_manifest_is_repl
     manifest = store.manifest
     assert [dst for dst, _ in replaced] == ["manifest.json"]
     before = replaced[0][1]
-    for name in (manifest["files"]["items"], manifest["files"]["index"], "manifest.json.tmp"):
+    for name in (manifest["files"]["items"], manifest["files"]["index"]):
         assert name in before, f"{name} was not fsynced before the manifest named it ({before})"
+    assert any(is_temp(name, of="manifest.json") for name in before), f"the new manifest was not fsynced ({before})"
 
 
 # ----- overwriting ---------------------------------------------------------------------------------------------
@@ -173,7 +176,7 @@ def test_a_failed_overwrite_puts_the_old_index_back(tmp_path, monkeypatch):
 def test_opening_while_another_writer_replaces_the_files_reads_the_new_generation(tmp_path, monkeypatch):
     make(tmp_path, n=4)
     writer = IndexStore.open(tmp_path, "idx")
-    real_read = ist.faiss.read_index
+    real_read = faiss.read_index
     raced = []
 
     def read_index(path, *args):
@@ -182,7 +185,7 @@ def test_opening_while_another_writer_replaces_the_files_reads_the_new_generatio
             writer.add(items(3, prefix="meanwhile"), unit(3, seed=9))
         return real_read(path, *args)
 
-    monkeypatch.setattr(ist.faiss, "read_index", read_index)
+    monkeypatch.setattr(faiss, "read_index", read_index)
     store = IndexStore.open(tmp_path, "idx")
     assert raced and not Path(raced[0]).exists()  # the file it first went for was deleted under it
     assert store.count == 7 and store.manifest["generation"] == 1
@@ -196,7 +199,8 @@ def test_half_written_files_of_a_crashed_writer_do_not_break_the_next_one(tmp_pa
     (directory / f"items.{gen + 1}.sqlite").write_bytes(b"half a database" * 100)
     (directory / f"items.{gen + 1}.sqlite-journal").write_bytes(b"\0" * 512)
     (directory / f"index.{gen + 1}.faiss").write_bytes(b"half an index")
-    (directory / "manifest.json.tmp").write_text('{"format_version": 1, "generat')
+    (directory / "manifest.json.tmp").write_text('{"format_version": 1, "generat')  # as older versions named it
+    (directory / ".manifest.json.tmp-4242").write_text('{"format_version": 1, "generat')
     other = IndexStore.open(tmp_path, "idx")  # like the next process to write
     other.add(items(2, prefix="next"), unit(2, seed=7))
     assert IndexStore.open(tmp_path, "idx").count == 6

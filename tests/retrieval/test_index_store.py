@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 
 import numpy as np
 import pytest
 
+from retrieval import index_kinds
 from retrieval import index_store as ist
+from retrieval import store_files
 from retrieval.collection import Item, Skipped
 from retrieval.errors import EncoderMismatchError, IndexNotFoundError, LookalikeError
 from retrieval.index_store import Hit, IndexStore, list_indexes
@@ -16,6 +19,11 @@ from retrieval.index_store import Hit, IndexStore, list_indexes
 D = 32
 IDENTITY = {"spec": "random:tiny", "kind": "random", "backbone": "tiny", "image_size": 32, "dim": D,
             "stem": "default", "weights": "seed:0"}
+
+
+def set_kind(monkeypatch, name: str, **fields) -> None:
+    """Change a row of the index kinds table for one test (e.g. a lower threshold, same code path)."""
+    monkeypatch.setitem(index_kinds.KINDS, name, dataclasses.replace(index_kinds.KINDS[name], **fields))
 
 
 def unit(n: int, seed: int = 0) -> np.ndarray:
@@ -79,7 +87,7 @@ def test_flat_is_exact(tmp_path):
     ("ivfpq", 2000, "IVF51,PQ8np", 0.5, 0.85),
 ])
 def test_approximate_types_match_flat(tmp_path, monkeypatch, index_type, n, factory, min_recall, min_top1):
-    monkeypatch.setitem(ist.MIN_TRAIN, "ivfpq", 2000)  # production wants 10k; same code path, faster test
+    set_kind(monkeypatch, "ivfpq", min_train=2000)  # production wants 10k; same code path, faster test
     base = clustered(n)
     store = make(tmp_path, index_type, n, base)
     flat = make(tmp_path, "flat", n, base, name="exact")
@@ -134,7 +142,7 @@ def test_fallback_switches_to_requested_type_once_enough_vectors(tmp_path):
 
 
 def test_auto_grows_from_flat_to_hnsw(tmp_path, monkeypatch):
-    monkeypatch.setattr(ist, "AUTO_HNSW_FROM", 300)
+    set_kind(monkeypatch, "hnsw", auto_from=300)
     base = unit(500)
     store = make(tmp_path, "auto", 200, base[:200])
     assert store.manifest["index_type"] == "flat"
@@ -144,11 +152,29 @@ def test_auto_grows_from_flat_to_hnsw(tmp_path, monkeypatch):
 
 
 def test_auto_on_first_add_of_large_batch(tmp_path, monkeypatch):
-    monkeypatch.setattr(ist, "AUTO_HNSW_FROM", 100)
+    set_kind(monkeypatch, "hnsw", auto_from=100)
     store = make(tmp_path, "auto")
     assert store.manifest["index_type"] == "flat" and store.count == 0
     store.add(items(150), unit(150))
     assert store.manifest["index_type"] == "hnsw"
+
+
+def test_a_new_index_kind_is_one_row_of_the_table(tmp_path, monkeypatch):
+    # A kind the code has never heard of: an HNSW graph of 8 links, added as one row, and nothing else.
+    row = index_kinds.IndexKind("hnsw8", "a thinner graph", rank=1, tombstones=True,
+                                layout=lambda n, dim: ("IDMap2,HNSW8", {"efSearch": 16}),
+                                search_params={"efSearch": 16}, searcher=index_kinds.KINDS["hnsw"].searcher)
+    monkeypatch.setitem(index_kinds.KINDS, "hnsw8", row)
+    base = unit(120)
+    store = make(tmp_path, "hnsw8", 120, base)
+    assert (store.manifest["index_type"], store.manifest["factory"]) == ("hnsw8", "IDMap2,HNSW8")
+    assert store.remove([it.path for it in items(5)]) == 5 and store.tombstones == 5  # the row says: tombstones
+    store.set_search_params(efSearch=40)
+    with pytest.raises(LookalikeError, match="takes efSearch"):
+        store.set_search_params(nprobe=4)
+    reopened = IndexStore.open(tmp_path, "idx")
+    assert [h[0].path for h in reopened.search(base[5:], 1)] == [it.path for it in items(120)][5:]
+    assert reopened.manifest["params"]["efSearch"] == 40
 
 
 def test_pq_subquantizers_divide_dim():
@@ -290,6 +316,26 @@ def test_round_trip_through_disk(tmp_path, index_type):
     info = again.info()
     assert info["count"] == 1090 and info["skipped"] == 2
     assert info["size_bytes"] == sum(p.stat().st_size for p in (tmp_path / "idx").iterdir())
+
+
+def test_info_from_the_files_alone_agrees_with_the_opened_index(tmp_path):
+    """'index info' reads the manifest and SQLite only; tombstones (a replaced path's old vector included) and
+    skipped files must come out as the opened store counts them, and an index whose manifest predates the
+    "vectors" field is described by opening it."""
+    store = make(tmp_path, "hnsw", 50)
+    store.remove([it.path for it in items(3)])
+    store.add([items(1, start=10)[0]], unit(1, seed=4))  # replaced: its old vector stays in the graph
+    store.set_skipped([Skipped("bad.jpg", "truncated or corrupt image")])
+    from_disk = store_files.describe_from_disk(tmp_path, "idx")
+    assert (from_disk["tombstones"], from_disk["count"], from_disk["skipped"]) == (4, 47, 1)
+    assert from_disk == store.info()
+    manifest_path = tmp_path / "idx" / "manifest.json"
+    older = json.loads(manifest_path.read_text())
+    del older["vectors"]
+    manifest_path.write_text(json.dumps(older))
+    assert store_files.describe_from_disk(tmp_path, "idx") is None
+    with pytest.raises(IndexNotFoundError, match="no index named 'other'.*available: idx"):
+        store_files.describe_from_disk(tmp_path, "other")
 
 
 def test_sqlite_schema(tmp_path):
