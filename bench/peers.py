@@ -283,8 +283,9 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
     from retrieval.collection import scan
     from retrieval.encoders import POOLS, build_backbone
     from retrieval.encoders import feature_dim as pooled_dim
-    from training.checkpoint import FORMAT_VERSION, META, METRICS, WEIGHTS, atomic_write_bytes, backbone_tensors, \
-        now_iso
+    from retrieval.fsutil import atomic_write_bytes, atomic_write_json, now_iso
+    from retrieval.runformat import FORMAT_VERSION, META, METRICS, WEIGHTS
+    from training.checkpoint import backbone_tensors
     from training.data import data_fingerprint
     from training.methods import METHODS
     from training.trainer import _default_workers, feature_dim, get_lr
@@ -318,7 +319,7 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
     steps_per_epoch = len(loader)
 
     net = build_backbone(backbone, stem=stem)
-    feat_dim = feature_dim(net, image_size)
+    feat_dim = feature_dim(net)
     hp = dict(METHODS[method].default_hparams)
     model = _MODELS[method](net, feat_dim, hp)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -425,7 +426,7 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
         "updated": now_iso(), "weights_sha256": sha,
     }
     atomic_write_bytes(run / WEIGHTS, weights)
-    atomic_write_bytes(run / META, (json.dumps(meta, indent=2, default=str) + "\n").encode())
+    atomic_write_json(run / META, meta, default=str)
     return run
 
 

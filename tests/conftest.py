@@ -9,7 +9,9 @@ import torch
 
 from retrieval.synthetic import make_collection
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread: tests use tiny tensors, where a second OpenMP thread only adds hand-offs, and on a busy
+# machine (one core taken by another process) two threads ran those ops 10-30x slower than one.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

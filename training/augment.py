@@ -14,7 +14,7 @@ Here the recipe runs in two places:
   ``uint8`` batch (B, 3, S, S) in the training process, on the training device, with independent random
   parameters per sample drawn as (B,)-shaped tensors. On 2 CPU cores this is about 5x faster than running the
   same torchvision v2 ops image by image (64 px, batch 256: ~4,100 vs ~770 images/s, tensors or PIL alike;
-  ``python -m training.augment 2`` measures it), and on a GPU it is nearly free (~50,000 images/s).
+  ``python bench/augment_throughput.py 2`` measures it), and on a GPU it is nearly free (~50,000 images/s).
 
 Randomness comes only from torch: the global generator or an explicit ``torch.Generator``. ``BatchAugment``
 draws all its numbers on the CPU, so a seed gives the same augmentation on any device.
@@ -31,9 +31,7 @@ Typical use::
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,12 +42,13 @@ from torch import nn
 from retrieval.encoders import IMAGENET_MEAN, IMAGENET_STD
 from retrieval.errors import LookalikeError
 
+from .photometric import JITTER_OPS, gaussian_blur, luma
+
 __all__ = ["AugmentConfig", "TwoViewTransform", "BatchAugment", "TwoViewPipeline", "simclr_views", "byol_views",
-           "views_for", "VIEWS", "blur_kernel_size", "MEAN", "STD"]
+           "views_for", "VIEWS", "PIPELINES", "blur_kernel_size", "MEAN", "STD"]
 
 MEAN: tuple[float, float, float] = IMAGENET_MEAN
 STD: tuple[float, float, float] = IMAGENET_STD
-_GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -175,110 +174,8 @@ class TwoViewTransform:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Photometric part: batched, per-sample random parameters
+# Photometric part: batched, per-sample random parameters (the ops themselves: training.photometric)
 # --------------------------------------------------------------------------------------------------------------
-def _luma(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> (B, 1, H, W) grey level."""
-    r, g, b = x.unbind(dim=1)
-    return torch.mul(r, _GRAY[0]).add_(g, alpha=_GRAY[1]).add_(b, alpha=_GRAY[2]).unsqueeze(1)
-
-
-def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:  # x: (n, 3, H, W), modified in place; f: (n,)
-    return x.mul_(f.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
-
-
-def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype)
-    m = (x.mean(dim=(2, 3)) @ w).view(-1, 1, 1, 1)  # (n, 1, 1, 1) mean grey level
-    f = f.view(-1, 1, 1, 1)
-    return x.mul_(f).add_(m * (1.0 - f)).clamp_(0.0, 1.0)
-
-
-def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    f = f.view(-1, 1, 1, 1)
-    grey = _luma(x).mul_(1.0 - f)  # (n, 1, H, W)
-    return x.mul_(f).add_(grey).clamp_(0.0, 1.0)
-
-
-def _hue_sextant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(n, 3, H, W) RGB -> V = max, C = max - min and H6 = 6 * hue in [0, 6), each (n, 1, H, W).
-
-    Element-wise on the three planes: reductions over the short channel axis are slow on CPU.
-    """
-    r, g, b = x.unbind(dim=1)
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
-    inv = 1.0 / chroma.clamp_min(1e-12)
-    # (G-B)/C if R is the max, (B-R)/C + 2 if G is, (R-G)/C + 4 if B is
-    h6 = torch.where(maxc == r, (g - b) * inv, torch.where(maxc == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
-    h6 = torch.where(chroma > 0, h6.remainder(6.0), torch.zeros_like(h6))
-    return maxc.unsqueeze(1), chroma.unsqueeze(1), h6.unsqueeze(1)
-
-
-def _from_sextant(v: torch.Tensor, chroma: torch.Tensor, h6: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`_hue_sextant`: RGB = V - C * clamp(min(k, 4 - k), 0, 1), k = (m + H6) mod 6, m = 5, 3, 1."""
-    m = torch.tensor([5.0, 3.0, 1.0], device=v.device, dtype=v.dtype).view(1, 3, 1, 1)
-    k = (m + h6).remainder_(6.0)  # (n, 3, H, W)
-    return v - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-
-
-def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue of (n, 3, H, W) by ``f`` (n,) turns, f in [-0.5, 0.5] (HSV round trip, S and V kept)."""
-    v, chroma, h6 = _hue_sextant(x)
-    return _from_sextant(v, chroma, h6 + 6.0 * f.view(-1, 1, 1, 1))
-
-
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> HSV with all channels in [0, 1] (reference for tests and tools)."""
-    v, chroma, h6 = _hue_sextant(x)
-    s = torch.where(v > 0, chroma / v.clamp_min(1e-12), torch.zeros_like(v))
-    return torch.cat([h6 / 6.0, s, v], dim=1)
-
-
-def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) HSV in [0, 1] -> RGB."""
-    h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = (n + 6.0 * h) % 6.0
-    return v - v * s * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
-
-
-_JITTER_OPS: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...] = (
-    _brightness, _contrast, _saturation, _hue)
-
-
-def _reflect_index(size: int, radius: int, device: torch.device) -> torch.Tensor:
-    """(size, 2r+1): input index read by each output position and tap under reflect padding (no edge repeat)."""
-    i = torch.arange(size, device=device).view(-1, 1) + torch.arange(-radius, radius + 1, device=device).view(1, -1)
-    i = i.abs()
-    return torch.where(i >= size, 2 * (size - 1) - i, i).clamp_(0, size - 1)
-
-
-def _blur_matrices(kern: torch.Tensor, size: int) -> torch.Tensor:
-    """Per-sample 1-D kernels (n, k) -> banded matrices (n, size_out, size_in) that apply them with reflection."""
-    n, k = kern.shape
-    idx = _reflect_index(size, k // 2, kern.device)  # (size, k)
-    mats = torch.zeros(n, size, size, device=kern.device, dtype=kern.dtype)
-    return mats.scatter_add_(2, idx.expand(n, size, k), kern.view(n, 1, k).expand(n, size, k))
-
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Blur each image of (n, C, H, W) with its own sigma (n,): separable Gaussian, reflect padding.
-
-    Each 1-D pass is a batched matrix product with a banded (size x size) matrix per sample, which beats a
-    grouped convolution over n*C planes on CPU by about 2x at 64 px and needs no padding copy.
-    """
-    n, c, h, w = x.shape
-    radius = kernel_size // 2
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)  # (k,)
-    kern = torch.exp(-(t.view(1, -1) ** 2) / (2.0 * sigma.view(-1, 1).to(x.dtype) ** 2))  # (n, k)
-    kern = kern / kern.sum(dim=1, keepdim=True)
-    a_w = _blur_matrices(kern, w)  # (n, W, W)
-    a_h = a_w if h == w else _blur_matrices(kern, h)  # (n, H, H)
-    y = x.reshape(n, c * h, w) @ a_w.transpose(1, 2)  # horizontal pass, (n, C*H, W)
-    return a_h.unsqueeze(1) @ y.view(n, c, h, w)  # vertical pass, (n, C, H, W)
-
-
 class BatchAugment(nn.Module):
     """uint8 (B, 3, H, W) -> normalised float32 (B, 3, H, W): colour jitter, grayscale, blur, solarize, normalise.
 
@@ -323,7 +220,7 @@ class BatchAugment(nn.Module):
             order = u[jit, 5:9].argsort(dim=1)  # (n, 4): a random permutation of the four ops per sample
             xj = x[jit_d]  # (n, 3, H, W)
             for stage in range(4):
-                for op, fn in enumerate(_JITTER_OPS):
+                for op, fn in enumerate(JITTER_OPS):
                     sel, sel_d = where(order[:, stage] == op)
                     if len(sel):
                         xj[sel_d] = fn(xj[sel_d], factors[sel, op].to(dev, non_blocking=True))
@@ -331,7 +228,7 @@ class BatchAugment(nn.Module):
 
         gray, gray_d = where(u[:, 9] < cfg.gray_p)
         if len(gray):
-            x[gray_d] = _luma(x[gray_d]).expand(-1, 3, -1, -1)
+            x[gray_d] = luma(x[gray_d]).expand(-1, 3, -1, -1)
 
         blur, blur_d = where(u[:, 10] < cfg.blur_p)
         if len(blur):
@@ -393,84 +290,38 @@ def byol_views(cfg: AugmentConfig | None = None, presize: int | None = None) -> 
     return TwoViewPipeline(cfg, v1, v2, presize)
 
 
-# which pipeline each method's paper uses (Barlow Twins follows BYOL's augmentations)
-VIEWS: dict[str, Callable[..., TwoViewPipeline]] = {
-    "simclr": simclr_views, "moco": simclr_views, "simsiam": simclr_views, "byol": byol_views, "barlow": byol_views,
-}
+# the two-view pipelines by name; each method names the one of its paper in its ``views`` class attribute
+PIPELINES: dict[str, Callable[..., TwoViewPipeline]] = {"simclr": simclr_views, "byol": byol_views}
+
+
+class _MethodViews(Mapping):
+    """``VIEWS[method] -> pipeline builder``, derived from the method registry and each method's ``views``."""
+
+    def __getitem__(self, method: str) -> Callable[..., TwoViewPipeline]:
+        from .methods import METHODS
+
+        return PIPELINES[METHODS[method].views]
+
+    def __iter__(self):
+        from .methods import METHODS
+
+        return iter(METHODS)
+
+    def __len__(self) -> int:
+        from .methods import METHODS
+
+        return len(METHODS)
+
+
+VIEWS: Mapping[str, Callable[..., TwoViewPipeline]] = _MethodViews()
 
 
 def views_for(method: str, cfg: AugmentConfig | None = None, presize: int | None = None) -> TwoViewPipeline:
-    try:
-        build = VIEWS[method]
-    except KeyError:
-        raise LookalikeError(f"no augmentation pipeline for method {method!r}: choose one of {', '.join(VIEWS)}") from None
-    return build(cfg, presize)
+    """The two-view pipeline ``method``'s paper uses (its class attribute ``views``), built for ``cfg``."""
+    from .methods import get_method
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Benchmark: batched vs per-image photometric augmentation
-# --------------------------------------------------------------------------------------------------------------
-def benchmark_photometric(image_size: int = 64, batch_size: int = 256, repeats: int = 5,
-                          threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Images per second of :class:`BatchAugment` against the same photometric ops through torchvision v2 one
-    image at a time, on uint8 tensors and on PIL images (the usual in-worker recipe).
-
-    ``python -m training.augment [threads] [device]`` prints the result. ``threads`` sets ``torch.set_num_threads``
-    for the measurement; per-image baselines always run on the CPU.
-    """
-    from torchvision.transforms import v2
-
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        cfg = AugmentConfig(image_size=image_size)
-        x = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(0))
-        pils = [v2.functional.to_pil_image(img) for img in x]
-        b, c, s, h = cfg.jitter
-        photometric = [
-            v2.RandomApply([v2.ColorJitter(b, c, s, h)], p=cfg.jitter_p),
-            v2.RandomGrayscale(cfg.gray_p),
-            v2.RandomApply([v2.GaussianBlur(cfg.blur_kernel, cfg.blur_sigma)], p=cfg.blur_p),
-        ]
-        finish = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)]
-        per_image = v2.Compose(photometric + finish)
-        batched = BatchAugment(cfg).to(device)
-        xd = x.to(device)
-
-        def sync() -> None:
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-
-        def timed(fn: Callable[[], Any]) -> float:
-            fn()  # warm-up
-            sync()
-            best = math.inf
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                best = min(best, time.perf_counter() - t0)
-            return batch_size / best
-
-        with torch.inference_mode():
-            result = {"image_size": image_size, "batch_size": batch_size, "threads": torch.get_num_threads(),
-                      "device": device, "batched_images_per_s": timed(lambda: batched(xd))}
-            result["per_image_v2_tensor_images_per_s"] = timed(lambda: torch.stack([per_image(i) for i in x]))
-            result["per_image_v2_pil_images_per_s"] = timed(lambda: torch.stack([per_image(i) for i in pils]))
-        result["speedup_vs_tensor"] = result["batched_images_per_s"] / result["per_image_v2_tensor_images_per_s"]
-        result["speedup_vs_pil"] = result["batched_images_per_s"] / result["per_image_v2_pil_images_per_s"]
-        return result
-    finally:
-        torch.set_num_threads(old_threads)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import json
-    import sys
-
-    n_threads = int(sys.argv[1]) if len(sys.argv) > 1 else None
-    on = sys.argv[2] if len(sys.argv) > 2 else "cpu"
-    size = int(sys.argv[3]) if len(sys.argv) > 3 else 64
-    print(json.dumps(benchmark_photometric(image_size=size, threads=n_threads, device=on), indent=2))
+    kind = get_method(method).views
+    if kind not in PIPELINES:
+        raise LookalikeError(f"method {method!r} asks for augmentation pipeline {kind!r}; known: "
+                             f"{', '.join(PIPELINES)}")
+    return PIPELINES[kind](cfg, presize)

@@ -19,19 +19,22 @@ Three properties the trainer relies on:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from retrieval.collection import Collection
+from retrieval.collection import Collection, scan
+from retrieval.embed import cpu_count
 from retrieval.errors import BadImageError, LookalikeError
 from retrieval.imageio import MAX_PIXELS, load_image
 
 __all__ = ["TwoViewDataset", "EpochSampler", "ViewBatcher", "collate_views", "sample_seed", "batch_seed",
-           "data_fingerprint"]
+           "data_fingerprint", "TrainingData", "open_data", "default_workers"]
 
 # How many following images a bad file may be replaced by before the dataset gives up (a folder where this many
 # consecutive files fail to decode is not worth training on).
@@ -202,3 +205,67 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch - self.start_batch) * self.local_batch
+
+
+# -- what the trainer opens -------------------------------------------------------------------------------------
+@dataclass
+class TrainingData:
+    """The scanned folder, its two-view pipeline and the loader of this rank's slices of the global batches.
+    ``augment_in_loader``: the photometric augmentation runs in the loader (CPU) rather than on the device."""
+
+    collection: Collection
+    views: nn.Module
+    sampler: EpochSampler
+    loader: DataLoader
+    augment_in_loader: bool
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+
+def open_data(cfg, rank: int, world: int, device: torch.device, show: bool,
+              say: Callable[[str], None], view_size: int | None = None) -> TrainingData:
+    """Scan ``cfg.data_dir`` and build the loader; refuses a global batch that does not divide among the
+    ``world`` processes or that is larger than the folder. The views are ``cfg.image_size`` pixels unless
+    ``view_size`` says otherwise (a teacher with a larger input size than its student's sees them sharp)."""
+    import dataclasses
+
+    from .augment import views_for
+
+    collection = scan(cfg.data_dir, labels=False, progress=show and rank == 0)
+    n, global_batch = len(collection.items), cfg.batch_size
+    if global_batch % world:
+        raise LookalikeError(f"--batch-size {global_batch} is the global batch and must divide by the "
+                             f"{world} processes; use e.g. {global_batch // world * world or world}")
+    if n < global_batch:
+        raise LookalikeError(f"{collection.root} has {n} usable images, fewer than one batch of {global_batch}; "
+                             f"use --batch-size {max(2, 1 << (max(n, 1).bit_length() - 1))} or add images"
+                             + (f" ({len(collection.skipped)} files were skipped)" if collection.skipped else ""))
+    if collection.skipped:
+        say(f"{len(collection.skipped)} files in {collection.root} are not usable images and are left out "
+            f"(first: {collection.skipped[0].path}: {collection.skipped[0].reason})")
+    size = view_size or cfg.image_size
+    views = views_for(cfg.method, dataclasses.replace(cfg.augment_config(), image_size=size)).to(device)
+    dataset = TwoViewDataset(collection, views.geometric, seed=cfg.seed, reduce_to=4 * size)
+    sampler = EpochSampler(n, global_batch, seed=cfg.seed, rank=rank, world_size=world)
+    workers = default_workers(n, sampler.local_batch) if cfg.workers is None else cfg.workers
+    # On a CPU the photometric augmentation runs in the DataLoader workers (batched, one thread each), beside the
+    # model instead of before it: on 2 cores it took 3-25% of each step in the training process (more when the
+    # machine is busy: dozens of small parallel ops), and the workers were mostly idle (bench/train_throughput.py).
+    augment_in_loader = device.type == "cpu"
+    loader = DataLoader(dataset, batch_size=sampler.local_batch, sampler=sampler, num_workers=workers,
+                        collate_fn=ViewBatcher(cfg.seed, views if augment_in_loader else None),
+                        pin_memory=device.type == "cuda", drop_last=True,
+                        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                        generator=torch.Generator().manual_seed(cfg.seed))  # its own: leaves the global RNG alone
+    return TrainingData(collection, views, sampler, loader, augment_in_loader)
+
+
+def default_workers(n_images: int, local_batch: int) -> int:
+    """DataLoader workers: none for a folder of less than two batches, else about half the cores (the other
+    half run the model), at least 1 and at most 8. On 2 cores one worker ran SimCLR 24% faster than none and
+    two workers 40% slower than none (they compete with the model's threads)."""
+    if n_images < 2 * local_batch:
+        return 0
+    return max(1, min(8, cpu_count() // 2))

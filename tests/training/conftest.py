@@ -58,12 +58,15 @@ def image_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_config(tmp_path, image_dir):
-    """``tiny_config(**overrides) -> TrainConfig``: 1 epoch of 4 steps at 32 px, batch 16, no workers, fp32 CPU."""
+    """``tiny_config(**overrides) -> TrainConfig``: 1 epoch of 4 steps at 32 px, batch 16, no workers, fp32 CPU.
+
+    The overrides are what the test "typed": they are recorded as the explicit settings (``TrainConfig.explicit``),
+    as ``lookalike train`` records its flags, so a resume takes every other defining setting from the run."""
 
     def make(**overrides) -> TrainConfig:
         base = TrainConfig(data_dir=str(image_dir), method="simclr", backbone=TINY_BACKBONE, image_size=32,
                            batch_size=16, epochs=1, out=str(tmp_path / "run"), device="cpu", precision="fp32",
                            workers=0, log_every=1, seed=0)
-        return dataclasses.replace(base, **overrides)
+        return dataclasses.replace(base, **overrides, explicit=tuple(overrides))
 
     return make

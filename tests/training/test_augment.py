@@ -11,6 +11,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 import training.augment as A
+import training.photometric as P
 from retrieval.errors import LookalikeError
 from training.augment import (AugmentConfig, BatchAugment, TwoViewTransform, blur_kernel_size, byol_views,
                               simclr_views, views_for)
@@ -155,9 +156,9 @@ def test_probabilities_are_per_sample():
 
 
 @pytest.mark.parametrize("op,tv", [
-    (A._brightness, TF.adjust_brightness),
-    (A._contrast, TF.adjust_contrast),
-    (A._saturation, TF.adjust_saturation),
+    (P.brightness, TF.adjust_brightness),
+    (P.contrast, TF.adjust_contrast),
+    (P.saturation, TF.adjust_saturation),
 ])
 def test_jitter_ops_match_torchvision(op, tv):
     x = _batch(5).float() / 255
@@ -172,15 +173,15 @@ def test_hue_matches_torchvision_and_hsv_round_trips():
     x[1, 1] = x[1, 0]  # ties between red and green
     f = torch.tensor([-0.5, -0.2, 0.0, 0.13, 0.5])
     expected = torch.stack([TF.adjust_hue(x[i], float(f[i])) for i in range(5)])
-    torch.testing.assert_close(A._hue(x, f), expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(A.hsv_to_rgb(A.rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(P.hue(x, f), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(P.hsv_to_rgb(P.rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
 
 
 def test_blur_matches_torchvision_per_sample_sigma():
     x = torch.rand(4, 3, 12, 10)
     sigma = torch.tensor([0.1, 0.6, 1.2, 2.0])
     expected = torch.stack([TF.gaussian_blur(x[i], [5, 5], [float(sigma[i])] * 2) for i in range(4)])
-    torch.testing.assert_close(A.gaussian_blur(x, sigma, 5), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(P.gaussian_blur(x, sigma, 5), expected, atol=1e-6, rtol=0)
 
 
 # -- pipelines ------------------------------------------------------------------------------------------------

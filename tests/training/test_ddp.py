@@ -55,7 +55,15 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(image_d
         shutil.copy(src, data / src.parent.name / src.name)
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
     mp.spawn(_rank_main, args=(2, free_port(), str(data), str(ddp_out)), nprocs=2, join=True)
-    train(config(str(data), str(single_out)), progress=False)
+    # the one-process run on two threads, as when the tolerance below was set (tests/conftest.py runs tests on
+    # one): on one thread its bn1.bias came out beyond rtol 1e-4 of the two ranks' after two SGD steps at lr 0.5,
+    # which is floating-point summation order, not the maths this test is about
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(config(str(data), str(single_out)), progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
     assert load_state(ddp_out)["step"] == load_state(single_out)["step"] == STEPS
     a, b = load_file(str(ddp_out / "encoder.safetensors")), load_file(str(single_out / "encoder.safetensors"))

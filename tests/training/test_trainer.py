@@ -3,6 +3,8 @@ run stops with a clear error and keeps its last good checkpoint; stop requests a
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -31,7 +33,7 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if not METHODS[m].uses_teacher))  # distill: test_distill
 def test_each_method_trains_one_epoch_into_a_loadable_run(tiny_config, method):
     stem = "small" if method == "simclr" else "default"  # one run covers the stem tweak
     run = train(tiny_config(method=method, stem=stem), progress=False)
@@ -164,8 +166,11 @@ def test_time_budget_ends_the_run_with_the_lr_at_its_floor(tiny_config):
     run = train(tiny_config(epochs=None, minutes=0.08), progress=False)  # ~5 s
     steps = [r for r in records(run) if "loss" in r]
     meta = json.loads((run / "encoder.json").read_text())
-    assert meta["finished"] is True and len(steps) >= 3
-    assert 4.8 <= steps[-1]["time"] < 4.8 + 5
+    assert meta["finished"] is True and len(steps) >= 2
+    # the run ends at the first step past the budget: however slow the machine, within one step's time of it
+    # (steps are logged one by one; the slowest interval bounds a step, plus slack for the epoch-end work)
+    slowest = max(b["time"] - a["time"] for a, b in zip(steps, steps[1:]))
+    assert 4.8 <= steps[-1]["time"] <= 4.8 + 2 * slowest + 5
     assert steps[-1]["lr"] < 0.1 * max(r["lr"] for r in steps)  # the cosine ran its course over the time budget
 
 
@@ -233,9 +238,18 @@ def test_get_lr_warms_up_then_follows_the_cosine_to_its_floor():
 
 
 def test_config_field_names_match_the_cli_flags():
-    flags = ["method", "backbone", "image_size", "batch_size", "epochs", "minutes", "out", "resume", "val_dir",
-             "device", "lr", "workers", "seed", "precision", "stem", "pool"]
-    assert set(flags) <= set(TrainConfig.__dataclass_fields__)
+    from app.cli import build_parser
+    from training.settings import SETTINGS
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    train_parser = commands.choices["train"]
+    flags = {a.dest: a.option_strings for a in train_parser._actions if a.option_strings}
+    for s in SETTINGS:  # every setting is a flag of `lookalike train`, into the field of the same name
+        assert s.flag in flags.get(s.name, ()), f"{s.name}: no {s.flag} flag"
+    structured = {"data_dir", "hparams", "augment", "explicit"}  # the folder, dict-valued settings, the record
+    assert {f.name for f in dataclasses.fields(TrainConfig)} == {s.name for s in SETTINGS} | structured
+    assert set(flags) - {"help"} == {s.name for s in SETTINGS}
+    assert flags["val_dir"] == ["--val"] and flags["batch_size"] == ["--batch-size"]
 
 
 def test_ctrl_c_finishes_the_step_saves_and_returns(tiny_config):
@@ -262,3 +276,16 @@ def test_grid_pooled_run_records_its_pooling_and_dimension(tiny_config):
     vec = enc.embed_uint8(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
     assert vec.shape == (2, meta["dim"])
     assert load_encoder(f"{run}?pool=avg").dim != meta["dim"]
+
+
+def test_a_run_shorter_than_log_every_still_logs_its_loss(tiny_config, image_dir, tmp_path):
+    data = tmp_path / "forty"  # 40 images at batch 16: one epoch is 2 steps, fewer than log_every
+    for src in sorted(image_dir.rglob("*.png"))[:40]:
+        (data / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, data / src.parent.name / src.name)
+    run = train(tiny_config(data_dir=str(data), log_every=10), progress=False)
+    losses = [r for r in records(run) if "loss" in r]
+    assert [r["step"] for r in losses] == [2] and set(losses[0]) == STEP_KEYS
+    assert math.isfinite(losses[0]["loss"]) and losses[0]["epoch"] == 1.0
+    meta = json.loads((run / "encoder.json").read_text())
+    assert meta["metrics"]["loss"] == pytest.approx(losses[0]["loss"], abs=1e-6) and meta["finished"] is True

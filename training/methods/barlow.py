@@ -26,6 +26,7 @@ def barlow_projector(feat_dim: int, dim: int) -> ProjectionHead:
 
 class BarlowTwins(SSLMethod):
     name = "barlow"
+    views = "byol"
     needs_sync_bn = True
     default_hparams = {"dim": 2048, "lambd": 5e-3, "scale": 1.0}
     default_lr = 1e-3

@@ -99,6 +99,12 @@ class SSLMethod(nn.Module):
     #: whether BatchNorm statistics should span all ranks in data-parallel training (the trainer converts
     #: the whole method with ``nn.SyncBatchNorm.convert_sync_batchnorm`` when this is True and world > 1).
     needs_sync_bn: ClassVar[bool] = True
+    #: the two-view augmentation pipeline of the method's paper, a name in :data:`training.augment.PIPELINES`
+    #: ("simclr": the same pipeline for both views; "byol": BYOL's asymmetric blur and solarize).
+    views: ClassVar[str] = "simclr"
+    #: whether the method learns from a frozen teacher (``--teacher``); the trainer then passes ``teacher=``
+    #: (:class:`retrieval.pretrained.InitWeights`) and the views' ``mean``/``std`` to the constructor.
+    uses_teacher: ClassVar[bool] = False
     #: paper defaults (scaled down where noted for CPU); every key may be overridden as a keyword argument.
     default_hparams: ClassVar[dict[str, Any]] = {}
     #: suggested AdamW settings at batch 256 (scale lr linearly with batch size); a starting point, not a rule.

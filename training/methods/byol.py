@@ -29,6 +29,7 @@ def byol_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> ProjectionHead:
 
 class BYOL(SSLMethod):
     name = "byol"
+    views = "byol"
     needs_sync_bn = True
     default_hparams = {"proj_hidden_dim": 1024, "proj_dim": 256, "pred_hidden_dim": 1024, "tau0": 0.99}
     default_lr = 1e-3

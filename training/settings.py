@@ -1,0 +1,370 @@
+"""Every training setting, declared once (type, default, help, valid values, choices), and the config they make.
+
+:class:`TrainConfig` has one field per setting, the ``lookalike train`` flags (:func:`add_arguments`), the web
+UI's Train form (:func:`ui_settings`, :func:`ui_default`) and the checks of :meth:`TrainConfig.validate` are
+generated from :data:`SETTINGS`; choices come from the registries (method names from :data:`training.methods.METHODS`, stems and
+poolings from :mod:`retrieval.identity`). What the user gave is recorded in ``TrainConfig.explicit`` and saved
+with the run, so ``--resume`` knows which options were typed without comparing values with defaults.
+
+Torch-free: importing this module imports neither torch, timm nor faiss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retrieval.errors import LookalikeError
+from retrieval.identity import POOLS, STEMS
+
+__all__ = ["Setting", "SETTINGS", "setting", "choices_of", "check_value", "TrainConfig", "ui_settings", "UI_PRESET",
+           "ui_default", "add_arguments", "config_from_args", "config_from_values", "DEFAULT_BACKBONE",
+           "DEFAULT_STEM", "OPTIMIZERS", "PRECISIONS", "DEVICES", "BATCHNORM", "FINETUNE_DEFAULTS",
+           "STUDENT_SIZE"]
+
+# resnet10t (ResNet-10 with a 3-conv "tiered" stem) with timm's default stem. Measured on 2 CPU cores at 64 px,
+# SimCLR, batch 128, 2-minute budget, kNN accuracy on 16 held-out synthetic classes: resnet10t 0.44 (~57 img/s
+# end to end), resnet18 0.34 (~37), resnet10t with stem "small" 0.34 (~26), regnetx_002 0.26 (~92),
+# mobilenetv3_small_100 0.12 (~102). The small stem keeps 4x more spatial detail but costs 3x the compute, which
+# short CPU budgets cannot afford; on a GPU, resnet18 / stem "small" are the better choice.
+DEFAULT_BACKBONE = "resnet10t"
+DEFAULT_STEM = "default"
+OPTIMIZERS = ("adamw", "sgd", "lars")
+PRECISIONS = ("auto", "bf16", "fp32", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+# What a run started from --init gets for the settings the user did not give. Measured (2026-12-01, 2 CPU cores):
+# SimCLR fine-tunes of EfficientNet-Lite0 from its ImageNet weights on a held-out cross-vendor emoji task, 128 px,
+# batch 64, 4 minutes (84 steps): AdamW at lr 1e-4 (0.4x SimCLR's from-scratch default at that batch), BatchNorm
+# statistics frozen (running statistics, eval-mode BN: a small collection's batches are too few to re-estimate
+# them), crops of 30-100% of the image, colour jitter 0.3 (strength 0.375: brightness/contrast/saturation
+# 0.8 * 0.375), no greyscale (and SimCLR's temperature 0.2, its default) raised recall@1 from 0.33 (the pretrained
+# encoder) to 0.42. The Tux Paint check of the same recipe is in the README ("Fine-tuning").
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "lr_scale": 0.4,  # times the method's from-scratch default learning rate at the run's batch size
+    "batchnorm": "frozen",
+    "augment": {"crop_scale": (0.3, 1.0), "strength": 0.375, "gray_p": 0.0},
+}
+# The default student's input size as a fraction of its teacher's: a quarter of the pixels (Lite0: 112 px for the
+# teacher's 224), so it indexes >= 3x faster with its per-image costs (decoding, resizing) included.
+STUDENT_SIZE = 0.5
+BATCHNORM = ("auto", "batch", "frozen")
+_WEIGHTS_RULE = "a pretrained spec (timm:NAME, e.g. timm:tf_efficientnet_lite0) or a training run directory"
+
+
+def _is_weights_spec(value: str) -> bool:
+    """Whether ``value`` can name trained weights (``pixels`` and ``random:`` cannot); whether they are there is
+    checked when they are loaded (a resumed run needs its init no more: its checkpoint holds the weights)."""
+    return bool(value.strip()) and value.strip() != "pixels" and not value.startswith("random:")
+
+
+def _method_names() -> tuple[str, ...]:
+    from .methods import METHODS  # the registry is lazy: no method module (and no torch) is imported
+
+    return tuple(METHODS)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One training setting. ``valid``/``rule`` check a given value (``None`` always passes where the default
+    is ``None``: "chosen by the trainer"); ``rule`` completes "``--flag`` must be ..." in the error."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    ui: bool = False
+    label: str = ""
+    flag: str = ""
+    valid: Callable[[Any], bool] | None = None
+    rule: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name.replace("_", " ").capitalize())
+        if not self.flag:
+            object.__setattr__(self, "flag", "--" + self.name.replace("_", "-"))
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("method", str, "simclr", "self-supervised method", choices=_method_names, ui=True),
+    Setting("backbone", str, DEFAULT_BACKBONE, "any timm model name", ui=True, label="Backbone (timm name)",
+            valid=bool, rule="a timm model name, e.g. resnet10t"),
+    Setting("init", str, None, "weights to start from: a pretrained spec (timm:NAME, e.g. timm:tf_efficientnet_lite0 "
+            "from the 'pretrained' extra) or an earlier run directory; sets the backbone, image size and "
+            "normalisation (default: random weights)", ui=True, label="Start from (pretrained spec or run)",
+            valid=_is_weights_spec, rule=_WEIGHTS_RULE),
+    Setting("teacher", str, None, "the encoder --method distill learns from (a pretrained spec or a run directory); "
+            f"without --backbone/--init the student is its architecture and weights at {STUDENT_SIZE:g}x its image "
+            "size",
+            ui=True, label="Teacher (distill)", valid=_is_weights_spec, rule=_WEIGHTS_RULE),
+    Setting("image_size", int, 64, "side of the training (and later index) images in pixels (with --init: the "
+            "init's own size)", ui=True,
+            valid=lambda v: 16 <= v <= 1024, rule="an integer from 16 to 1024"),
+    Setting("batch_size", int, 128, "global batch (split among torchrun processes)", ui=True,
+            valid=lambda v: v >= 2, rule="an integer >= 2 (contrastive losses and BatchNorm need pairs)"),
+    Setting("epochs", int, None, "passes over the folder (with --minutes: whichever ends first)",
+            valid=lambda v: v >= 1, rule="a whole number >= 1"),
+    Setting("minutes", float, None, "time budget", ui=True, label="Minutes budget",
+            valid=lambda v: v > 0, rule="a positive number"),
+    Setting("stem", str, DEFAULT_STEM, "small: no early downsampling (more detail, ~3x the compute)",
+            choices=STEMS, ui=True),
+    Setting("pool", str, "avg", "how the run's index vectors are pooled: avg (global) or grid (4x4 layout; best "
+            "for aligned images such as icons and scans)", choices=POOLS),
+    Setting("lr", float, None, "base learning rate (default: the method's suggestion, scaled with the batch; "
+            f"{FINETUNE_DEFAULTS['lr_scale']:g}x that with --init)",
+            valid=lambda v: 0 < v < 100, rule="a positive number (e.g. 1e-3)"),
+    Setting("weight_decay", float, None, "weight decay (default: the method's suggestion for AdamW, else the "
+            "optimiser's)", valid=lambda v: v >= 0, rule=">= 0"),
+    Setting("batchnorm", str, "auto", "BatchNorm statistics: batch (re-estimated from each batch), frozen (the "
+            "starting weights' running statistics, eval-mode BN) or auto (frozen with --init, else batch)",
+            choices=BATCHNORM),
+    Setting("optimizer", str, "adamw", "optimiser (lars: SGD with layer-wise trust ratios, for large batches)",
+            choices=OPTIMIZERS),
+    Setting("warmup_epochs", float, 1.0, "epochs of linear warm-up (never more than a tenth of the run)",
+            valid=lambda v: v >= 0, rule=">= 0"),
+    Setting("seed", int, 0, "seed of the views, the batch order and the initial weights",
+            valid=lambda v: v >= 0, rule="a non-negative integer"),
+    Setting("out", str, None, "run directory (default runs/METHOD-BACKBONE-TIME)"),
+    Setting("resume", bool, False, "continue the run in --out where it stopped"),
+    Setting("val_dir", str, None, "labelled folder for a kNN monitor each epoch", flag="--val",
+            label="Validation folder", valid=lambda v: Path(v).expanduser().is_dir(), rule="an existing folder"),
+    Setting("device", str, "auto", "auto, cpu, cuda or cuda:N",
+            valid=lambda v: v in DEVICES or v.startswith("cuda:"), rule="auto, cpu, cuda or cuda:N"),
+    Setting("precision", str, "auto", "autocast precision (auto: bf16 where the hardware has it, else fp32)",
+            choices=PRECISIONS),
+    Setting("channels_last", bool, True, "channels-last memory format for the model"),
+    Setting("workers", int, None, "DataLoader worker processes (default: from the CPU count and folder size)",
+            valid=lambda v: v >= 0, rule="an integer >= 0"),
+    Setting("log_every", int, 10, "write the mean loss to metrics.jsonl every N steps",
+            valid=lambda v: v >= 1, rule="an integer >= 1"),
+    Setting("checkpoint_minutes", float, 10.0, "save a checkpoint at least this often within an epoch",
+            valid=lambda v: v > 0, rule="a positive number"),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+# The one preset of web-UI defaults that differ from the CLI's. Everything else in the Train form starts at the
+# CLI default (batch 128, stem "default": see DEFAULT_BACKBONE's measurement above).
+UI_PRESET: dict[str, Any] = {
+    # the CLI has no default length; 2 minutes is the budget at which the defaults above were measured
+    # (resnet10t, SimCLR, batch 128 on 2 cores: kNN accuracy 0.44 on 16 held-out classes)
+    "minutes": 2.0,
+    # a point on the live loss curve every step: one JSON line, nothing next to a step (the fused AdamW update
+    # alone measured 12 ms per step on 2 cores, training/optim.py)
+    "log_every": 1,
+}
+
+
+def setting(name: str) -> Setting:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise LookalikeError(f"unknown training setting {name!r}: choose one of {', '.join(_BY_NAME)}") from None
+
+
+def choices_of(s: Setting) -> tuple[str, ...] | None:
+    return s.choices() if callable(s.choices) else s.choices
+
+
+def ui_settings() -> list[Setting]:
+    return [s for s in SETTINGS if s.ui]
+
+
+def ui_default(s: Setting) -> Any:
+    return UI_PRESET.get(s.name, s.default)
+
+
+def check_value(s: Setting, value: Any) -> None:
+    """Raise LookalikeError naming ``s.flag`` unless ``value`` has the setting's type, choice and range."""
+    if value is None and s.default is None:
+        return
+    if not _has_type(value, s.type):
+        raise LookalikeError(f"{s.flag} must be {s.rule or _TYPE_WORDS[s.type]}, got {value!r}")
+    choices = choices_of(s)
+    if choices is not None and value not in choices:
+        raise LookalikeError(f"unknown {s.flag} {value!r}: choose one of {', '.join(choices)}")
+    if s.valid is not None and not s.valid(value):
+        raise LookalikeError(f"{s.flag} must be {s.rule}, got {value!r}")
+
+
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+
+
+def _has_type(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+# -- the config they make -----------------------------------------------------------------------------------------
+class _TrainConfigBase:
+    """Everything a training run needs. Field names follow the ``lookalike train`` flags (``--batch-size`` ->
+    ``batch_size``; the one exception is ``--val`` -> ``val_dir``, a folder of labelled sub-folders for the kNN
+    monitor); the whole config is saved in the run's ``encoder.json``.
+
+    ``epochs`` and ``minutes`` may be given alone or together (the run stops at whichever ends first). ``lr`` and
+    ``weight_decay`` default to the method's suggestion for AdamW (or 0.05 / 0.3 per 256 images for SGD / LARS),
+    scaled linearly with ``batch_size``. ``workers=None`` picks a number from the CPU count. ``hparams`` go to the
+    method (e.g. ``{"temperature": 0.5}``), ``augment`` overrides :class:`training.augment.AugmentConfig` fields.
+    ``explicit`` names the settings that were given: the flags typed (:func:`config_from_args`), the form fields
+    filled (:func:`config_from_values`) or the keywords passed to ``TrainConfig(...)``; ``--resume`` compares only
+    those with the run's own settings.
+    """
+
+    def __post_init__(self) -> None:
+        self.explicit = tuple(self.explicit)
+        for name in ("data_dir", "out", "val_dir"):  # folders may come as Path objects
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+
+    def given(self, name: str) -> bool:
+        """Whether setting ``name`` was given (a flag typed, a form field filled, a keyword passed)."""
+        return name in self.explicit
+
+    def validate(self) -> None:
+        """Raise LookalikeError naming the flag and a valid value for the first bad setting."""
+        if not self.data_dir and not self.resume:
+            raise LookalikeError("no training folder given: pass the folder of images to train on")
+        if self.data_dir and not Path(self.data_dir).expanduser().is_dir():
+            raise LookalikeError(f"training folder not found: {self.data_dir}")
+        for s in SETTINGS:
+            check_value(s, getattr(self, s.name))
+        if self.epochs is None and self.minutes is None and not self.resume:
+            raise LookalikeError("say how long to train: --epochs N, --minutes M, or both (it stops at whichever "
+                                 "comes first)")
+        if self.resume and self.out is not None and not Path(self.out).is_dir():
+            raise LookalikeError(f"--resume: run folder {self.out} does not exist (give the --out of an earlier run)")
+        known = {f.name for f in dataclasses.fields(self)}
+        if not set(self.explicit) <= known:
+            raise LookalikeError(f"explicit names unknown settings: {sorted(set(self.explicit) - known)}")
+        self._validate_structured()
+
+    def _validate_structured(self) -> None:
+        from .augment import AugmentConfig
+        from .methods import METHODS
+
+        if not isinstance(self.hparams, dict):
+            raise LookalikeError("hparams must be a dict of method settings")
+        if not isinstance(self.augment, dict):
+            raise LookalikeError("augment must be a dict of augmentation settings")
+        valid = METHODS[self.method].default_hparams
+        unknown = sorted(set(self.hparams) - set(valid))
+        if unknown:
+            raise LookalikeError(f"unknown setting(s) for {self.method}: {', '.join(unknown)}; valid: "
+                                 f"{', '.join(sorted(valid))}")
+        fields = {f.name for f in dataclasses.fields(AugmentConfig)} - {"image_size"}
+        bad = sorted(set(self.augment) - fields)
+        if bad:
+            raise LookalikeError(f"unknown augmentation setting(s) {', '.join(bad)}; valid: {', '.join(sorted(fields))}")
+        self.augment_config()  # AugmentConfig validates its own values
+
+    def augment_config(self):
+        from .augment import AugmentConfig
+
+        return AugmentConfig(image_size=self.image_size, **self.augment)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able copy (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+def _fields() -> list[tuple]:
+    settings = [(s.name, s.type if s.default is not None else s.type | None, dataclasses.field(default=s.default))
+                for s in SETTINGS]
+    return [("data_dir", str), *settings,
+            ("hparams", dict[str, Any], dataclasses.field(default_factory=dict)),
+            ("augment", dict[str, Any], dataclasses.field(default_factory=dict)),
+            ("explicit", tuple[str, ...], dataclasses.field(default=()))]
+
+
+TrainConfig = dataclasses.make_dataclass("TrainConfig", _fields(), bases=(_TrainConfigBase,))
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+_dataclass_init = TrainConfig.__init__
+
+
+def _init_recording_what_was_given(self, *args: Any, explicit: tuple[str, ...] | None = None, **kwargs: Any) -> None:
+    """The dataclass's ``__init__``; without ``explicit`` the arguments passed (but the folder) are what was given,
+    so a config built in code says what it set as the CLI does (``dataclasses.replace`` passes ``explicit`` on)."""
+    if explicit is None:
+        explicit = tuple(n for n in (*_FIELD_NAMES[1:len(args)], *kwargs) if n != "data_dir")
+    _dataclass_init(self, *args, explicit=explicit, **kwargs)
+
+
+TrainConfig.__init__ = _init_recording_what_was_given
+TrainConfig.__module__ = __name__
+TrainConfig.__doc__ = _TrainConfigBase.__doc__
+
+
+# -- the command line -------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``lookalike train`` arguments: the folder, then one flag per setting. A flag not typed leaves no
+    attribute behind (``argparse.SUPPRESS``), which is how :func:`config_from_args` knows what was given."""
+    parser.add_argument("dir", help="folder of images to train on")
+    for s in SETTINGS:
+        extra: dict[str, Any] = {}
+        if s.type is bool:
+            extra["action"] = argparse.BooleanOptionalAction if s.default else "store_true"
+        else:
+            extra.update(type=s.type, choices=choices_of(s), metavar=None if s.choices else s.flag[2:].upper().replace("-", "_"))
+        shown = "" if s.default is None or s.type is bool else f" (default: {s.default})"
+        parser.add_argument(s.flag, dest=s.name, default=argparse.SUPPRESS, help=s.help + shown, **extra)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed ``lookalike train`` arguments; the flags typed are recorded as explicit."""
+    given = {s.name: getattr(args, s.name) for s in SETTINGS if hasattr(args, s.name)}
+    return _config(getattr(args, "dir", ""), given)
+
+
+def config_from_values(data_dir: str, values: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of form values (the web UI): each is converted to its setting's type (gradio gives floats
+    for numbers, ``""`` for an empty text box: empty means "not given"), the config is validated, and the keys
+    given are recorded as explicit. Raises LookalikeError naming the setting."""
+    given = {}
+    for name, value in values.items():
+        s = setting(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        given[name] = _convert(s, value)
+    config = _config(data_dir, given)
+    config.validate()
+    return config
+
+
+def _config(data_dir: str, given: dict[str, Any]) -> TrainConfig:
+    return TrainConfig(data_dir=data_dir or "", **given, explicit=tuple(given))
+
+
+def _convert(s: Setting, value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.strip()
+    try:
+        if s.type is int:
+            number = float(value) if isinstance(value, (str, float)) else value
+            if isinstance(number, bool) or not float(number).is_integer():
+                raise ValueError
+            return int(number)
+        if s.type is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if s.type is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        return str(value)
+    except (TypeError, ValueError):
+        raise LookalikeError(f"{s.label} ({s.flag}) must be {_TYPE_WORDS[s.type]}, got {value!r}") from None
