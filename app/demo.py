@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from retrieval.runformat import STATE, read_meta
 from retrieval.workspace import Workspace
 
 from .demo_data import DemoData, prepare_demo_data
@@ -65,7 +66,7 @@ def train_and_index(ws: Workspace, data: DemoData, runs: Path, minutes: float, s
         run = runs / f"demo-{method}"
         name = f"demo-{method}"
         if not _run_done(run):
-            config = demo_config(method, data.collection, run, minutes, resume=(run / "state.pt").exists())
+            config = demo_config(method, data.collection, run, minutes, resume=(run / STATE).exists())
             _log(f"training {method} for {minutes:g} min → {run}")
             if jobs is not None:
                 jobs.run_training(config, label=f"demo {method}", wait=True, stop=stop)
@@ -78,17 +79,13 @@ def train_and_index(ws: Workspace, data: DemoData, runs: Path, minutes: float, s
 
 
 def _run_done(run: Path) -> bool:
-    import json
-
-    try:
-        meta = json.loads((run / "encoder.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return bool(meta.get("finished"))
+    meta = read_meta(run)
+    return bool(meta and meta.get("finished"))
 
 
 def run_demo(indexes: str = "indexes", data: str = "data/demo", host: str = "127.0.0.1", port: int = 7860,
-             minutes: float | None = None, train: bool = True, open_app: bool = True, runs: str = "runs") -> None:
+             minutes: float | None = None, train: bool = True, open_app: bool = True, runs: str = "runs",
+             auth: str | None = None, allow_dirs: list[str] | None = None) -> None:
     demo = prepare_demo_data(data, log=_log)
     ws = Workspace(indexes)
     for name, spec in baseline_specs().items():
@@ -104,4 +101,4 @@ def run_demo(indexes: str = "indexes", data: str = "data/demo", host: str = "127
     launch(indexes=indexes, host=host, port=port, examples=demo.example_queries(),
            train_dirs=[str(demo.collection)], workspace=ws,
            background=(lambda jobs: train_and_index(ws, demo, Path(runs), minutes or DEMO_MINUTES, stop, jobs))
-           if train else None, on_close=stop.set)
+           if train else None, on_close=stop.set, auth=auth, allow_dirs=allow_dirs)

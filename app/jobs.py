@@ -106,8 +106,9 @@ class Job:
 class JobManager:
     """Starts jobs on daemon threads and keeps them (and their logs) for the life of the app."""
 
-    def __init__(self, max_jobs: int = 50):
+    def __init__(self, max_jobs: int = 50, train: Callable[..., Any] | None = None):
         self.max_jobs = max_jobs
+        self.train = train  # what run_training calls; None: training.trainer.train, imported when first needed
         self._jobs: dict[str, Job] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -134,24 +135,25 @@ class JobManager:
 
     def run_training(self, config: Any, label: str | None = None, wait: bool = False,
                      stop: threading.Event | None = None) -> Job:
-        """Train ``config`` (a ``training.trainer.TrainConfig``) as a "train" job; ``job.result`` is the run dir.
+        """Train ``config`` (a ``training.config.TrainConfig``) as a "train" job; ``job.result`` is the run dir.
 
-        The job's log records are the trainer's ``on_log`` dicts. ``stop`` (an outside event, e.g. the demo's
-        shutdown flag) stops the job as well as its own Stop button. Only one training runs at a time: without
-        ``wait`` a second one is refused; with ``wait`` it starts when the first ends, and the call blocks until it
-        has finished, raising its error if it failed.
+        It runs ``self.train(config, progress=False, stop_event=…, on_log=…)``; the job's log records are the
+        ``on_log`` dicts. ``stop`` (an outside event, e.g. the demo's shutdown flag) stops the job as well as its
+        own Stop button. Only one training runs at a time: without ``wait`` a second one is refused; with ``wait``
+        it starts when the first ends, and the call blocks until it has finished, raising its error if it failed.
         """
 
         def work(job: Job):
-            from training.trainer import train
-
+            train = self.train
+            if train is None:
+                from training.trainer import train  # torch is imported in the background, not in the request
             if stop is not None:
                 threading.Thread(target=_relay_stop, args=(stop, job), daemon=True,
                                  name=f"lookalike-{job.id}-stop").start()
             return train(config, progress=False, stop_event=job.stop_event, on_log=job.log)
 
-        title = label or f"{getattr(config, 'method', 'train')} on {getattr(config, 'data_dir', '?')}"
-        meta = {k: getattr(config, k, None) for k in ("data_dir", "method", "backbone", "minutes", "epochs", "out")}
+        title = label or f"{config.method} on {config.data_dir}"
+        meta = {k: getattr(config, k) for k in ("data_dir", "method", "backbone", "minutes", "epochs", "out")}
         while True:
             try:
                 job = self.start("train", title, work, exclusive=True, meta=meta)

@@ -23,7 +23,7 @@ from PIL import ExifTags, Image
 
 from .errors import BadImageError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif"}
 
 #: Pixel budget per image (width * height), checked from the header before any pixel is decoded.
 #: Same value as Pillow's own default, but enforced here so it holds whatever Pillow's global is set to.
@@ -31,8 +31,16 @@ MAX_PIXELS = 89_478_485
 
 # Formats Pillow may identify a file as. Restricting them keeps a renamed file from reaching a plugin that
 # shells out (EPS runs Ghostscript) or whose weak magic bytes claim random data (TGA). MPO is how Pillow
-# opens many camera JPEGs.
-_ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+# opens many camera JPEGs. Phone photos: HEIF (HEIC) through the pillow-heif plugin, registered once by
+# :func:`_formats`, which applies the container's rotation itself and resets EXIF orientation to 1; AVIF through
+# Pillow's own plugin (Pillow >= 11.3), whose EXIF orientation :func:`_upright` applies like a JPEG's.
+_ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", "AVIF")
+
+# Formats stored in ISO boxes (``ftyp`` first), whose declared image sizes :func:`_too_large_box` reads. Their
+# plugins report libheif's and libavif's errors (corrupt data, their own size limits) as RuntimeError, when opening
+# or decoding; from any other file a RuntimeError is a bug.
+_BOXED_FORMATS = ("HEIF", "AVIF")
+_BOX_ERRORS = (RuntimeError,)
 
 # What Pillow raises for malformed input: OSError (truncated, broken stream, bad CRC), SyntaxError (bad
 # header), ValueError / EOFError / struct.error / IndexError (short or inconsistent header fields), and its
@@ -114,7 +122,7 @@ def _decode(im: Image.Image, reduce_to: int | None) -> Image.Image:
             im.draft(None, (reduce_to, reduce_to))
         im.load()
         return _to_rgb(im)
-    except _DECODE_ERRORS as exc:
+    except _DECODE_ERRORS + (_BOX_ERRORS if im.format in _BOXED_FORMATS else ()) as exc:
         raise BadImageError(_decode_reason(exc)) from exc
 
 
@@ -159,14 +167,20 @@ def _identify(fp: IO[bytes], max_pixels: int) -> Iterator[Image.Image]:
     try:
         im = Image.open(fp, formats=formats)
     except Image.UnidentifiedImageError as exc:
-        raise BadImageError(_empty_or_not_image(fp)) from exc
+        raise BadImageError(_too_large_box(fp, max_pixels) or _empty_or_not_image(fp)) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard fired before handing us the image; read the size ourselves for the report.
         raise BadImageError(_bomb_reason(fp, formats, max_pixels, exc)) from exc
     except _DECODE_ERRORS as exc:
         raise BadImageError(_decode_reason(exc)) from exc
+    except _BOX_ERRORS as exc:
+        if not _is_boxed(fp):
+            raise
+        raise BadImageError(_decode_reason(exc)) from exc
     with im:
         _check_size(im.size, max_pixels)
+        if im.format in _BOXED_FORMATS and (reason := _too_large_box(fp, max_pixels)):
+            raise BadImageError(reason)
         yield im
 
 
@@ -174,7 +188,19 @@ def _identify(fp: IO[bytes], max_pixels: int) -> Iterator[Image.Image]:
 def _formats() -> tuple[str, ...]:
     """The allowed formats this Pillow build can read (``Image.open`` fails on unregistered names)."""
     Image.init()
+    _register_heif()
     return tuple(f for f in _ALLOWED_FORMATS if f in Image.OPEN)
+
+
+def _register_heif() -> None:
+    """Register pillow-heif's HEIF opener, once per process (a missing plugin leaves HEIC files "not an image")."""
+    if "HEIF" in Image.OPEN:
+        return
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return
+    register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
@@ -214,6 +240,38 @@ def _bomb_reason(fp: IO[bytes], formats: tuple[str, ...], max_pixels: int, exc: 
     if width * height > max_pixels:
         return f"too large: {width}x{height} pixels exceeds limit of {max_pixels}"
     return f"too large: {width}x{height} pixels exceeds Pillow's limit of {pillow_limit}"
+
+
+def _is_boxed(fp: IO[bytes]) -> bool:
+    """Whether the file starts like an ISO box file (HEIF, AVIF)."""
+    try:
+        fp.seek(0)
+        return fp.read(8)[4:8] == b"ftyp"
+    except OSError:
+        return False
+
+
+def _too_large_box(fp: IO[bytes], max_pixels: int) -> str | None:
+    """Why a HEIF or AVIF file must be refused for its size, if it must: the largest image its ``ispe`` boxes
+    declare is over the budget. Their plugins report a smaller size (a crop, one tile) than what libheif would
+    allocate, or will not open a huge file at all (libavif stops at 16384x16384), so the boxes are read here."""
+    try:
+        pos = fp.tell()
+        fp.seek(0)
+        head = fp.read(1 << 18)
+        fp.seek(pos)
+    except OSError:
+        return None
+    if head[4:8] != b"ftyp":
+        return None
+    sizes, at = [], head.find(b"ispe")
+    while 0 <= at <= len(head) - 16:
+        sizes.append(struct.unpack(">II", head[at + 8:at + 16]))  # after the box's version and flags
+        at = head.find(b"ispe", at + 4)
+    width, height = max(sizes, key=lambda wh: wh[0] * wh[1], default=(0, 0))
+    if width * height > max_pixels:
+        return f"too large: {width}x{height} pixels exceeds limit of {max_pixels}"
+    return None
 
 
 def _empty_or_not_image(fp: IO[bytes]) -> str:

@@ -1,4 +1,5 @@
-"""The UI in a real (headless) Chromium: upload a query, see results, click one, compare indexes.
+"""The UI in a real (headless) Chromium: upload a query, see results (thumbnails), click one (its original one link
+away), take the query to Compare, compare indexes.
 
 Screenshots go to a temporary folder; with ``LOOKALIKE_SCREENSHOTS=docs`` they replace ``docs/search.png`` and
 ``docs/compare.png`` (how the README's pictures are made).
@@ -74,6 +75,9 @@ def test_search_compare_and_click_to_search(page, shown_app, shots):
     captions = _captions(page, "#search-results")
     assert captions[0] == f"1.000 · {rel}"
     assert all(re.fullmatch(r"-?\d\.\d{3} · \S+", c) for c in captions)
+    # What the page loads for the results are the JPEG thumbnails (named by content identity), not the PNGs.
+    sources = page.eval_on_selector_all("#search-results img", "imgs => imgs.map(i => i.currentSrc || i.src)")
+    assert len(sources) >= 10 and all(re.search(r"/[0-9a-f]{32}\.jpg$", src) for src in sources), sources
     page.screenshot(path=str(shots / "search.png"), full_page=True)
 
     # Clicking a result makes it the query: it comes back first.
@@ -82,9 +86,18 @@ def test_search_compare_and_click_to_search(page, shown_app, shots):
     page.wait_for_function(
         "(want) => { const c = document.querySelector('#search-results .caption-label');"
         " return c && c.innerText.trim() === want; }", arg=f"1.000 · {clicked}")
+    # ... and the line under the results names it, with a link that opens the full picture.
+    picked = page.locator("#search-picked")
+    assert clicked in picked.inner_text()
+    link = picked.get_by_role("link", name="open the full picture")
+    full = page.request.get(page.url.rstrip("/") + "/" + link.get_attribute("href"))
+    assert full.ok and full.body() == (shown_app.collection / clicked).read_bytes()
+
+    # The query follows the user to Compare.
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-query img").wait_for()
 
     # Compare: one column per index, each headed by its encoder and its scores.
-    page.get_by_role("tab", name="Compare").click()
     page.locator("#compare-query input[type=file]").set_input_files(str(query))
     page.locator("#compare-query img").wait_for()
     page.locator("#compare-button").click()
@@ -97,3 +110,19 @@ def test_search_compare_and_click_to_search(page, shown_app, shots):
     for gallery in page.locator(".compare-gallery").all():
         assert gallery.locator(".caption-label").first.inner_text().strip() == f"1.000 · {rel}"
     page.screenshot(path=str(shots / "compare.png"), full_page=True)
+
+
+def test_the_explore_map_shows_the_picture_under_the_pointer(page, shown_app):
+    page.goto(shown_app.url)
+    page.get_by_role("tab", name="Explore").click()
+    page.get_by_role("button", name="Show map").click()
+    points = page.locator("#explore-map g.mark-symbol.role-mark path")
+    points.first.wait_for()
+    assert points.count() == len(shown_app.images)
+    points.first.hover(force=True)
+    picture = page.locator("#vg-tooltip-element img")
+    picture.wait_for()
+    page.wait_for_function("() => { const i = document.querySelector('#vg-tooltip-element img');"
+                           " return i && i.complete && i.naturalWidth > 0; }")  # loaded, not a broken link
+    assert re.search(r"/\.thumbnails/[0-9a-f]{2}/[0-9a-f]{32}\.jpg$", picture.get_attribute("src"))
+    assert "path" in page.locator("#vg-tooltip-element").inner_text()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 import threading
-import types
 from dataclasses import dataclass
 
 import pytest
@@ -96,7 +94,7 @@ class _Config:
     backbone: str = "resnet18"
 
 
-def test_run_training_passes_the_jobs_stop_event_and_log_to_the_trainer(monkeypatch, tmp_path):
+def test_run_training_passes_the_jobs_stop_event_and_log_to_the_trainer(tmp_path):
     calls = {}
 
     def fake_train(config, progress=True, stop_event=None, on_log=None):
@@ -106,9 +104,8 @@ def test_run_training_passes_the_jobs_stop_event_and_log_to_the_trainer(monkeypa
         assert stop_event.wait(10)
         return tmp_path / "run"
 
-    monkeypatch.setitem(sys.modules, "training.trainer", types.SimpleNamespace(train=fake_train))
     outside = threading.Event()
-    jobs = JobManager()
+    jobs = JobManager(train=fake_train)
     job = jobs.run_training(_Config(str(tmp_path), minutes=1.0), label="fake")
     assert job.meta["minutes"] == 1.0 and job.meta["data_dir"] == str(tmp_path)
     with pytest.raises(LookalikeError, match="already running"):
@@ -139,10 +136,10 @@ def test_run_training_passes_the_jobs_stop_event_and_log_to_the_trainer(monkeypa
     assert job2.status == STOPPED
 
 
-def test_run_training_with_wait_raises_the_failure(monkeypatch, tmp_path):
+def test_run_training_with_wait_raises_the_failure(tmp_path):
     def broken_train(config, progress=True, stop_event=None, on_log=None):
         raise LookalikeError("no images in folder")
 
-    monkeypatch.setitem(sys.modules, "training.trainer", types.SimpleNamespace(train=broken_train))
     with pytest.raises(LookalikeError, match="training failed: no images in folder"):
-        JobManager().run_training(_Config(str(tmp_path)), wait=True)
+        JobManager(train=broken_train).run_training(_Config(str(tmp_path)), wait=True)
+

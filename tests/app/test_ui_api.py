@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -9,6 +10,7 @@ import urllib.request
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from PIL import Image
 
 from .app_server import start_app
 
@@ -207,3 +209,34 @@ def test_awkward_but_valid_uploads_are_searched(client, tmp_path, name, write):
                                                                                       hostile.solid_png())
     _, results = client.predict(handle_file(str(path)), "pixels", 3, api_name="/search")
     assert len(results) == 3 and all(-1.0 <= r["score"] <= 1.0 + 1e-4 for r in results)
+
+
+def test_the_gallery_sends_thumbnails_and_the_original_stays_served(client, running_app):
+    """What the browser loads for a result is a cached JPEG thumbnail, not the original PNG."""
+    gallery, results = client.predict(handle_file(str(running_app.images[3])), "pixels", 4, api_name="/search")
+    thumbs = running_app.collection.parent / "indexes" / ".thumbnails"
+    for item, result in zip(gallery, results):
+        with _DIRECT.open(item["image"]["url"], timeout=10) as resp:
+            data = resp.read()
+        original = running_app.collection / result["path"]
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.format == "JPEG" and max(im.size) <= 256
+        assert data != original.read_bytes()
+        assert data in {p.read_bytes() for p in thumbs.rglob("*.jpg")}  # the one made for it in the cache
+        with _DIRECT.open(running_app.url + "gradio_api/file=" + urllib.parse.quote(str(original)),
+                          timeout=10) as resp:
+            assert resp.read() == original.read_bytes()  # the full picture is one request away
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_phone_photos_are_searched_and_a_broken_one_is_refused(client, running_app, tmp_path, fmt):
+    from tests.phone import FORMATS, phone_bytes, write
+
+    with Image.open(running_app.images[6]) as im:
+        data = phone_bytes(im.convert("RGB"), fmt, quality=100)
+    photo = write(tmp_path / f"phone{FORMATS[fmt]}", data)
+    _, results = client.predict(handle_file(str(photo)), "pixels", 3, api_name="/search")
+    assert results[0]["path"] == _rel(running_app, running_app.images[6]) and results[0]["score"] > 0.95
+    broken = write(tmp_path / f"broken{FORMATS[fmt]}", data[:-12])
+    with pytest.raises(AppError, match="Cannot use that image: truncated or corrupt image"):
+        client.predict(handle_file(str(broken)), "pixels", 3, api_name="/search")

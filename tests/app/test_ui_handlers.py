@@ -1,19 +1,20 @@
-"""The UI's handlers called directly (no server): Indexes, Explore, Compare scores, Train polling, errors."""
+"""The UI's handlers called directly (no server): Indexes, Explore, Compare scores, Train form and polling, errors."""
 
 from __future__ import annotations
 
+import os
 import shutil
-import sys
 import threading
 import types
+import urllib.parse
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import pytest
 
 from app.jobs import JobManager
-from app.ui import LookalikeApp, build_app, near_duplicate_pairs, pca_2d, query_source
+from app.serving import query_source
+from app.ui import LookalikeApp, build_app
 from retrieval.errors import LookalikeError
 from retrieval.synthetic import make_collection
 from retrieval.workspace import Workspace
@@ -33,12 +34,12 @@ def env(tmp_path_factory):
     (photos / images[1].parent.name / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     ws = Workspace(root / "indexes")
     app = LookalikeApp(ws, JobManager(), runs_dir=root / "runs")
-    app.build_index(str(photos), "pixels", "px", "flat", False, progress=_no_progress)
+    app.indexes.build(str(photos), "pixels", "px", "flat", False, progress=_no_progress)
     return types.SimpleNamespace(root=root, photos=photos, images=images, ws=ws, app=app)
 
 
 def test_a_built_index_is_listed(env):
-    rows = env.app.index_rows()
+    rows = env.app.indexes.rows()
     assert [r[0] for r in rows] == ["px"]
     name, count, encoder, kind, size, updated, skipped = rows[0]
     assert (count, encoder, kind, skipped) == (13, "pixels 32x32", "flat", 2)
@@ -46,7 +47,7 @@ def test_a_built_index_is_listed(env):
 
 
 def test_details_list_each_skipped_file_with_its_reason(env):
-    text, skipped = env.app.index_details("px")
+    text, skipped = env.app.indexes.details("px")
     assert "13 images" in text and "2 file(s) skipped" in text
     reasons = dict(map(tuple, skipped))
     assert reasons["notes.txt"].startswith("unsupported file type")
@@ -56,82 +57,68 @@ def test_details_list_each_skipped_file_with_its_reason(env):
 
 def test_build_refuses_bad_input_with_what_to_do(env):
     with pytest.raises(gr.Error, match="does not exist"):
-        env.app.build_index(str(env.root / "nowhere"), "pixels", "x", "auto", False, progress=_no_progress)
+        env.app.indexes.build(str(env.root / "nowhere"), "pixels", "x", "auto", False, progress=_no_progress)
     with pytest.raises(gr.Error, match="already exists"):
-        env.app.build_index(str(env.photos), "pixels", "px", "auto", False, progress=_no_progress)
+        env.app.indexes.build(str(env.photos), "pixels", "px", "auto", False, progress=_no_progress)
     with pytest.raises(gr.Error, match="name"):
-        env.app.build_index(str(env.photos), "pixels", " ", "auto", False, progress=_no_progress)
+        env.app.indexes.build(str(env.photos), "pixels", " ", "auto", False, progress=_no_progress)
 
 
 def test_an_empty_workspace_says_how_to_build_an_index(tmp_path):
     app = LookalikeApp(Workspace(tmp_path / "none"))
     with pytest.raises(gr.Error, match="No index yet — build one in the Indexes tab"):
-        app.search({"path": "x.png"}, None, 5)
+        app.search.search({"path": "x.png"}, None, 5)
     with pytest.raises(gr.Error, match="No index yet"):
-        app.compare({"path": "x.png"}, [], 5)
-    assert app.search_if_ready(None, None, 5) == ([], [], [])
+        app.compare.compare({"path": "x.png"}, [], 5)
+    assert app.search.search_if_ready(None, None, 5) == ([], [], [])
 
 
 def test_near_duplicates_finds_the_copied_file(env):
-    summary, rows, gallery = env.app.near_duplicates("px", 0.999, 3)
+    summary, rows, gallery = env.app.explore.near_duplicates("px", 0.999, 3)
     rel = env.images[0].relative_to(env.photos).as_posix()
     copy = f"{env.images[0].parent.name}/copy-of-000.png"
     assert rows[0][1:] == sorted([rel, copy]) and rows[0][0] == pytest.approx(1.0, abs=1e-4)
     assert len(rows) == 1 and summary.startswith("1 pair(s)")
     assert [caption.split(" · ")[1] for _, caption in gallery] == rows[0][1:]
-    # This collection was indexed after "launch": results are served as copies in Gradio's upload folder.
+    # The pairs are shown as thumbnails from the cache beside the indexes ...
     from gradio.utils import get_upload_folder
+    from PIL import Image
 
     for path, caption in gallery:
-        assert path.startswith(str(Path(get_upload_folder()).resolve()))
-        assert Path(path).read_bytes() == (env.photos / caption.split(" · ")[1]).read_bytes()
+        assert Path(path).parent.parent == env.ws.root / ".thumbnails"
+        with Image.open(path) as thumb:
+            assert thumb.format == "JPEG" and thumb.size == (32, 32)
+        # ... and this collection was indexed after "launch": its originals are served as copies in Gradio's
+        # upload folder.
+        original, _ = env.app.ctx.original("px", caption.split(" · ")[1])
+        assert original.startswith(str(Path(get_upload_folder()).resolve()))
+        assert Path(original).read_bytes() == (env.photos / caption.split(" · ")[1]).read_bytes()
 
 
-def test_near_duplicate_pairs_are_unordered_unique_and_above_threshold():
-    rng = np.random.default_rng(0)
-    base = rng.normal(size=(6, 8)).astype(np.float32)
-    vecs = np.concatenate([base, base[:2] + 1e-3]).astype(np.float32)  # items 6, 7 ≈ items 0, 1
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    paths = [f"p{i}" for i in range(len(vecs))]
-
-    def search(q, k):  # exact search standing in for IndexStore.search
-        sims = q @ vecs.T
-        order = np.argsort(-sims, axis=1)[:, :k]
-        return [[types.SimpleNamespace(path=paths[j], score=float(s[j])) for j in row] for s, row in zip(sims, order)]
-
-    pairs = near_duplicate_pairs(paths, vecs, search, threshold=0.99, neighbours=2, batch=3)
-    assert sorted((a, b) for _, a, b in pairs) == [("p0", "p6"), ("p1", "p7")]
-    assert all(s >= 0.99 for s, _, _ in pairs)
-
-
-def test_pca_separates_two_clusters_whichever_way_it_is_computed():
-    rng = np.random.default_rng(1)
-    a = rng.normal(0, 0.1, size=(20, 5)) + np.array([3, 0, 0, 0, 0])
-    b = rng.normal(0, 0.1, size=(20, 5)) - np.array([3, 0, 0, 0, 0])
-    x = np.concatenate([a, b])
-    tall = pca_2d(x)  # D ≤ N: covariance
-    wide = pca_2d(np.pad(x, ((0, 0), (0, 60))))  # D > N: Gram matrix
-    for coords in (tall, wide):
-        assert coords.shape == (40, 2)
-        assert (np.sign(coords[:20, 0]) == np.sign(coords[0, 0])).all()
-        assert (np.sign(coords[20:, 0]) == -np.sign(coords[0, 0])).all()
-    np.testing.assert_allclose(np.abs(tall), np.abs(wide), atol=1e-6)
-
-
-def test_explore_map_has_every_image_coloured_by_label(env):
-    plot = env.app.explore_map("px", 3000)
-    assert plot.color == "label" and plot.tooltip == ["path", "label"]
+def test_explore_map_has_every_image_coloured_by_label_with_its_picture(env):
+    plot = env.app.explore.map("px", 3000)
+    assert plot.color == "label" and plot.tooltip == ["path", "label", "image"]
     rows = plot.value["data"]  # the plot's serialised DataFrame
     assert len(rows) == 13
+    # Hovering a point shows its thumbnail: the "image" column is its URL, made by a background job if missing.
+    job = env.app.jobs.latest("thumbnails")
+    assert job is None or job.wait(60)
+    columns = plot.value["columns"]
+    for row in rows:
+        point = dict(zip(columns, row))
+        prefix, _, thumb = point["image"].partition("gradio_api/file=")
+        thumb = urllib.parse.unquote(thumb)
+        assert prefix == "" and Path(thumb).is_file()
+        assert thumb == env.app.ctx.thumbnail("px", point["path"])
 
 
 def test_compare_scores_come_from_labels_and_are_cached_per_generation(env):
-    first = env.app.metrics_for("px")
+    first = env.app.compare.metrics_for("px")
     assert set(first) >= {"recall@1", "map@10", "knn_acc"} and first["count"] == 13
-    assert env.app.metrics_for("px") is first
-    assert "recall@1" in env.app.metrics_text(first)
-    env.app.build_index(str(env.photos), "pixels", "px", "flat", True, progress=_no_progress)
-    again = env.app.metrics_for("px")
+    assert env.app.compare.metrics_for("px") is first
+    assert "recall@1" in env.app.compare.metrics_text(first)
+    env.app.indexes.build(str(env.photos), "pixels", "px", "flat", True, progress=_no_progress)
+    again = env.app.compare.metrics_for("px")
     assert again is not first and again == pytest.approx(first)
 
 
@@ -150,46 +137,59 @@ def test_query_source_accepts_uploads_and_data_urls_only(tmp_path):
             query_source({"path": elsewhere}, upload)
 
 
-def test_training_is_polled_into_a_loss_curve_and_can_be_stopped(env, monkeypatch):
-    from dataclasses import dataclass
+def test_the_train_form_is_the_settings_models_ui_settings_at_their_ui_defaults(env):
+    from training.methods import METHODS
+    from training.settings import choices_of, setting, ui_default, ui_settings
 
-    @dataclass
-    class TrainConfig:
-        data_dir: str
-        method: str = "simclr"
-        backbone: str = "resnet18"
-        image_size: int = 64
-        batch_size: int = 64
-        minutes: float | None = None
-        epochs: int | None = None
-        out: str | None = None
+    app = build_app(env.ws, train_dirs=[str(env.photos)]).lookalike
+    fields = app.train.fields
+    assert list(fields) == [s.name for s in ui_settings()]
+    shown = {s.name: "" if ui_default(s) is None else ui_default(s) for s in ui_settings()}  # "": not given
+    assert {name: f.value for name, f in fields.items()} == shown
+    # the trainer's own defaults, not a UI copy of them
+    assert fields["batch_size"].value == setting("batch_size").default == 128
+    assert fields["stem"].value == setting("stem").default == "default"
+    assert [c[0] for c in fields["method"].choices] == list(METHODS) == list(choices_of(setting("method")))
+    assert fields["method"].info == setting("method").help
 
+
+def test_training_is_polled_into_a_loss_curve_and_can_be_stopped(env):
     started = threading.Event()
+    configs = []
 
     def train(config, progress=True, stop_event=None, on_log=None):
+        configs.append(config)
         for step in range(4):
             on_log({"step": step, "epoch": 0, "loss": 4.0 - step, "lr": 0.01, "images_per_s": 50.0})
         started.set()
         stop_event.wait(10)
         return env.root / "runs" / "fake"
 
-    monkeypatch.setitem(sys.modules, "training.trainer", types.SimpleNamespace(TrainConfig=TrainConfig, train=train))
-    app = LookalikeApp(env.ws, JobManager(), runs_dir=env.root / "runs")
+    app = LookalikeApp(env.ws, JobManager(train=train), runs_dir=env.root / "runs")
+    form = app.train.form(method="byol", backbone="resnet10t", image_size=32, batch_size=8, minutes=0.5,
+                          stem="small")
     with pytest.raises(gr.Error, match="does not exist"):
-        app.start_training(str(env.root / "nowhere"), "simclr", "resnet18", 32, 8, 1, "small")
-    job_id, timer, message = app.start_training(str(env.photos), "byol", "resnet10t", 32, 8, 0.5, "small")
+        app.train.start(str(env.root / "nowhere"), *form)
+    with pytest.raises(gr.Error, match="--batch-size must be an integer >= 2"):
+        app.train.start(str(env.photos), *app.train.form(batch_size=1))
+    job_id, timer, message = app.train.start(str(env.photos), *form)
     assert timer.active and "byol" in message
     assert started.wait(10)
-    shown, plot, status, bar, stop_btn, build_row, build_text, timer, announced, *_ = app.poll(job_id, None, None)
-    assert shown == job_id
-    assert list(plot["loss"]) == [4.0, 3.0, 2.0, 1.0]
-    assert "loss 1.0000" in status and "running" in status and "<progress" in bar
-    assert stop_btn.interactive and not build_row.visible and timer.active
-    assert app.stop_job(job_id).startswith("Stopping")
+    config = configs[0]  # the form's values, converted, in the trainer's own config
+    assert (config.method, config.image_size, config.batch_size, config.minutes, config.stem) == \
+        ("byol", 32, 8, 0.5, "small")
+    assert config.data_dir == str(env.photos.resolve()) and config.log_every == 1
+    assert config.given("batch_size") and not config.given("lr")
+    view = app.train.poll(job_id, None, None)
+    assert view.job == job_id
+    assert list(view.plot["loss"]) == [4.0, 3.0, 2.0, 1.0]
+    assert "loss 1.0000" in view.status and "running" in view.status and "<progress" in view.bar
+    assert view.stop.interactive and not view.build_row.visible and view.timer.active
+    assert app.train.stop(job_id).startswith("Stopping")
     app.jobs.get(job_id).wait(10)
-    _, _, status, _, stop_btn, build_row, _, timer, *_ = app.poll(job_id, None, None)
-    assert "stopped" in status and "fake" in status
-    assert not stop_btn.interactive and build_row.visible and not timer.active
+    view = app.train.poll(job_id, None, None)
+    assert "stopped" in view.status and "fake" in view.status
+    assert not view.stop.interactive and view.build_row.visible and not view.timer.active
 
 
 def test_the_live_view_follows_the_next_run_of_a_sequence(env):
@@ -199,11 +199,11 @@ def test_the_live_view_follows_the_next_run_of_a_sequence(env):
     first = jobs.start("train", "first", lambda job: "runs/first")
     first.wait(10)
     second = jobs.start("train", "second", lambda job: gate.wait(10))
-    shown, *_, timer, _, _, _, _, _ = app.poll(first.id, None, None)
-    assert shown == second.id and timer.active
+    view = app.train.poll(first.id, None, None)
+    assert view.job == second.id and view.timer.active
     gate.set()
     second.wait(10)
-    assert app.resume_jobs()[0] == second.id
+    assert app.train.resume()[0] == second.id
 
 
 def test_build_app_wires_only_search_and_compare_as_public_endpoints(env):
@@ -216,24 +216,54 @@ def test_build_app_wires_only_search_and_compare_as_public_endpoints(env):
 def test_train_an_encoder_then_index_with_it_from_the_train_tab(env, tmp_path):
     """The real trainer, for a few seconds: the run it writes becomes an index that finds its own images."""
     ws = Workspace(tmp_path / "indexes")
-    app = LookalikeApp(ws, JobManager(), runs_dir=tmp_path / "runs")
-    job_id, _, _ = app.start_training(str(env.photos), "simclr", "resnet10t", 32, 8, 0.05, "small")
+    app = build_app(ws, jobs=JobManager(), runs_dir=tmp_path / "runs").lookalike  # laid out: it has index pickers
+    form = app.train.form(method="simclr", backbone="resnet10t", image_size=32, batch_size=8, minutes=0.05,
+                          stem="small")
+    job_id, _, _ = app.train.start(str(env.photos), *form)
     job = app.jobs.get(job_id)
     assert job.wait(300) and job.status == "done", job.error
-    _, plot, status, _, stop_btn, build_row, *_ = app.poll(job_id, None, None)
-    assert len(plot) >= 1 and (plot["loss"] > 0).all()
-    assert "done" in status and not stop_btn.interactive and build_row.visible
+    view = app.train.poll(job_id, None, None)
+    assert len(view.plot) >= 1 and (view.plot["loss"] > 0).all()
+    assert "done" in view.status and not view.stop.interactive and view.build_row.visible
 
-    build_id, timer, _ = app.build_from_run(job_id, "trained")
+    build_id, timer, _ = app.train.build_index(job_id, "trained")
     assert timer.active
     assert app.jobs.get(build_id).wait(300)
-    *_, build_text, timer, announced, search_dd, compare_dd, refresh_dd, _ = app.poll(job_id, build_id, None)
-    assert "**trained** ready: 13 images" in build_text and announced == build_id and not timer.active
+    view = app.train.poll(job_id, build_id, None)
+    assert "**trained** ready: 13 images" in view.build_status and view.announced == build_id
+    assert not view.timer.active
+    search_dd, compare_dd, refresh_dd, _ = view.pickers
     assert search_dd.choices == [("trained", "trained")] and search_dd.value == "trained"
     assert compare_dd.value == ["trained"] and refresh_dd.value == "trained"
-    assert app.poll(job_id, build_id, announced)[-4:] == (gr.skip(),) * 4  # announced once, then left alone
+    again = app.train.poll(job_id, build_id, view.announced)
+    assert again.pickers == (gr.skip(),) * 4  # announced once, then left alone
+    assert len(again.outputs()) == len(again) - 1 + 4  # the timer's outputs: every field, each picker in place
     store = ws.store("trained")
     assert store.manifest["encoder"]["kind"] == "run"
     results = ws.search("trained", env.images[2], k=3)
     assert results[0].path == env.images[2].relative_to(env.photos).as_posix()
     assert results[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_thumbnails_are_made_only_for_items_of_an_index_and_go_with_them(tmp_path):
+    photos = tmp_path / "photos"
+    images = make_collection(photos, n_classes=2, per_class=2, size=16, seed=8)
+    ws = Workspace(tmp_path / "indexes")
+    app = LookalikeApp(ws, JobManager(), runs_dir=tmp_path / "runs")
+    app.indexes.build(str(photos), "pixels", "px", "flat", False, progress=_no_progress)
+    thumbs = app.ctx.thumbs.directory
+    (tmp_path / "secret.png").write_bytes(images[0].read_bytes())
+    for not_an_item in ("../secret.png", str(tmp_path / "secret.png"), "photos/nothing.png"):
+        with pytest.raises(LookalikeError, match="is not an item of index 'px'"):
+            app.ctx.thumbnail("px", not_an_item)
+    assert not thumbs.exists() or not any(thumbs.rglob("*.jpg"))
+
+    rels = [p.relative_to(photos).as_posix() for p in images]
+    made = {rel: Path(app.ctx.thumbnail("px", rel)) for rel in rels}
+    assert all(p.is_file() and p.is_relative_to(thumbs) for p in made.values())
+    for p in made.values():
+        os.utime(p, (1, 1))  # older than a sweep's grace period
+    images[0].unlink()
+    app.indexes.refresh("px", progress=_no_progress)
+    assert not made[rels[0]].exists()
+    assert all(made[rel].exists() for rel in rels[1:])

@@ -19,6 +19,7 @@ from PIL import Image
 from retrieval.errors import BadImageError
 from retrieval.imageio import load_image, probe_image
 from tests import hostile
+from tests.phone import phone_bytes
 
 # Pillow warns (rather than raises) about some recoverable damage, e.g. corrupt EXIF in a TIFF; that is fine.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -47,6 +48,8 @@ def seeds() -> tuple[bytes, ...]:
         hostile.image_bytes(rgb, "WEBP", lossless=True),
         written_bytes(hostile.write_gray16_png),
         written_bytes(hostile.write_exif_rotated_jpeg),
+        phone_bytes(rgb, "HEIF", quality=60),
+        phone_bytes(rgb, "AVIF", quality=60, orientation=6),
     )
 
 

@@ -37,7 +37,8 @@ def reason_of(source, **kwargs) -> str:
 
 
 def test_constants_match_the_spec():
-    assert IMAGE_EXTENSIONS == {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+    assert IMAGE_EXTENSIONS == {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif",
+                                ".avif"}
     assert MAX_PIXELS == 89_478_485
     assert is_image_path("a/B.JPEG") and not is_image_path("notes.txt") and not is_image_path("png")
 
