@@ -5,9 +5,11 @@ Spec strings (the same on the CLI, in the UI and in index manifests):
 * ``pixels`` — the image downsampled to 32×32 RGB, standardised per image (cosine = pixel correlation). The floor
   every learned encoder has to beat.
 * ``random:NAME`` — a timm backbone with seeded random weights, the "no training" baseline.
-* ``timm:NAME`` — a timm backbone with pretrained weights, only if they are already on this machine (the
-  Hugging Face cache, torch hub's checkpoint folder, or ``timm:NAME?file=/path/weights.safetensors``). Nothing is
-  ever downloaded.
+* ``timm:NAME`` — a timm backbone with pretrained weights, only if they are already on this machine: a package
+  that ships them (``timm:tf_efficientnet_lite0``, ``…lite1``, ``…lite2``: ImageNet weights from the ``pretrained``
+  extra), the Hugging Face cache, torch hub's checkpoint folder, or ``timm:NAME?file=/path/weights.safetensors``
+  (:mod:`retrieval.pretrained`). Nothing is ever downloaded. Images are resized with the backbone's own filter
+  (``interpolation`` of its timm ``pretrained_cfg``, bicubic for the EfficientNets) and normalised with its mean/std.
 * a path to a training run directory (``runs/NAME``) with ``encoder.safetensors`` + ``encoder.json``.
 
 ``random:`` and ``timm:`` take options after ``?``: ``size`` (input pixels), ``stem`` (``default``/``small``),
@@ -27,7 +29,6 @@ Pooling (``pool``) turns the backbone's feature maps into one vector:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,19 +36,26 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch import nn
+
+from .allocator import tune_allocator
+
+tune_allocator()  # before torch allocates anything: every process that builds a model keeps its activation pages
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import nn  # noqa: E402
 
 from .errors import CheckpointError, LookalikeError, WeightsUnavailableError
-from .identity import IDENTITY_KEYS, describe_identity, identity_matches  # noqa: F401 (re-exported)
+from .identity import IDENTITY_KEYS, POOLS, STEMS, describe_identity, identity_matches  # noqa: F401 (re-exported)
+from .runformat import META, WEIGHTS, read_run_manifest  # noqa: F401 (read_run_manifest re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PIXELS_SIZE = 32
-STEMS = ("default", "small")
-POOLS = ("avg", "grid")
+# Resize filters an encoder may use (its ``interpolation``); a timm ``pretrained_cfg`` names one of these.
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "nearest": Image.Resampling.NEAREST}
 GRID_CELLS = 4  # cells per side of the "grid" pooling
 
 
@@ -116,6 +124,12 @@ class Encoder:
     pool: str = "avg"
     extra: dict = field(default_factory=dict)  # method, metrics… from a run's encoder.json
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    interpolation: str = "bilinear"  # resize filter of preprocess (a RESAMPLE key)
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in RESAMPLE:
+            raise LookalikeError(f"unknown interpolation {self.interpolation!r} for encoder {self.spec!r}: use one "
+                                 f"of {', '.join(RESAMPLE)}")
 
     @property
     def identity(self) -> dict:
@@ -128,6 +142,7 @@ class Encoder:
             "stem": self.stem,
             "weights": self.weights,
             "pool": self.pool,
+            "interpolation": self.interpolation,
         }
         if self.extra.get("method"):
             ident["method"] = self.extra["method"]
@@ -143,7 +158,7 @@ class Encoder:
         w, h = img.size
         scale = s / min(w, h)
         nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
-        img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0 if min(w, h) > 4 * s else None)
+        img = img.resize((nw, nh), RESAMPLE[self.interpolation], reducing_gap=3.0 if min(w, h) > 4 * s else None)
         left, top = (nw - s) // 2, (nh - s) // 2
         img = img.crop((left, top, left + s, top + s))
         arr = np.asarray(img, dtype=np.uint8)
@@ -251,34 +266,10 @@ def _random_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
                    stem=stem, weights=f"seed:{seed}", pool=pool, device=device)
 
 
-def _local_pretrained_file(name: str) -> str | None:
-    """Where timm's pretrained weights for ``name`` already lie on disk, if anywhere. Never downloads."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(name.split("?")[0])
-    if cfg is None:
-        return None
-    cfg = cfg.to_dict()
-    if cfg.get("file") and Path(cfg["file"]).is_file():
-        return cfg["file"]
-    hub_id = cfg.get("hf_hub_id")
-    if hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        for filename in ("model.safetensors", "pytorch_model.bin"):
-            found = try_to_load_from_cache(hub_id, filename)
-            if isinstance(found, str) and Path(found).is_file():
-                return found
-    url = cfg.get("url")
-    if url:
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-        if cached.is_file():
-            return str(cached)
-    return None
-
-
 def _timm_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
     import timm
+
+    from . import pretrained  # imports this module: imported here, not at the top
 
     name, opts = _parse_options(rest)
     stem = opts.get("stem", "default")
@@ -286,17 +277,20 @@ def _timm_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
     if file is None:
         if not timm.is_model(name.split(".")[0]):
             raise LookalikeError(f"unknown timm backbone {name!r}")
-        file = _local_pretrained_file(name)
+        file = pretrained.local_weights_file(name)
         if file is None:
             raise WeightsUnavailableError(
-                f"pretrained weights for {name!r} are not on this machine (looked in the Hugging Face cache and "
-                f"torch hub's checkpoints); Lookalike never downloads. Put the file there, or pass "
-                f"'timm:{name}?file=/path/to/weights.safetensors', or use 'random:{name}'."
-            )
+                f"pretrained weights for {name!r} are not on this machine (looked in installed packages, the "
+                f"Hugging Face cache and torch hub's checkpoints); Lookalike never downloads: "
+                f"{pretrained.install_hint(name) or 'put the file there'}, or pass "
+                f"'timm:{name}?file=/path/to/weights.safetensors', or use 'random:{name}'.")
     elif not Path(file).is_file():
         raise WeightsUnavailableError(f"weights file {file!r} does not exist")
     try:
-        model = build_backbone(name, stem=stem, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
+        if Path(file) == pretrained.packaged_file(name):
+            model = pretrained.packaged_backbone(name, stem, file)
+        else:
+            model = build_backbone(name, stem=stem, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
     except LookalikeError:
         raise
     except Exception as exc:  # not a weights file, a pickle with code in it (refused by weights_only), wrong shapes
@@ -308,26 +302,8 @@ def _timm_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
     pool = _pool_opt(opts)
     return Encoder(spec, "timm", name, size, feature_dim(model, pool), _finish(model, device),
                    mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
-                   stem=stem, weights="sha256:" + sha256_file(file)[:16], pool=pool, device=device)
-
-
-def read_run_manifest(run_dir: str | os.PathLike) -> dict:
-    """``encoder.json`` of a training run, validated. Raises CheckpointError with what is wrong."""
-    run = Path(run_dir)
-    meta_path = run / "encoder.json"
-    if not meta_path.is_file():
-        raise CheckpointError(
-            f"{run} has no encoder.json: not a finished training run (train one with 'lookalike train')")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{meta_path} is unreadable: {exc}") from None
-    missing = [k for k in ("format_version", "backbone", "image_size", "dim", "weights_sha256") if k not in meta]
-    if missing:
-        raise CheckpointError(f"{meta_path} lacks {', '.join(missing)}")
-    if meta["format_version"] != 1:
-        raise CheckpointError(f"{meta_path} has format_version {meta['format_version']}; this Lookalike reads 1")
-    return meta
+                   stem=stem, weights="sha256:" + sha256_file(file)[:16], pool=pool, device=device,
+                   interpolation=cfg.get("interpolation") or "bilinear")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -346,13 +322,13 @@ def _run_encoder(spec: str, device: torch.device, opts: dict[str, str] | None = 
     if unknown:
         raise LookalikeError(f"unknown option(s) {sorted(unknown)} for a run directory; allowed: ['pool']")
     pool = _pool_opt(opts, default=meta.get("pool", "avg"))
-    weights = run / "encoder.safetensors"
+    weights = run / WEIGHTS
     if not weights.is_file():
-        raise CheckpointError(f"{run} has encoder.json but no encoder.safetensors")
+        raise CheckpointError(f"{run} has {META} but no {WEIGHTS}")
     digest = sha256_file(weights)
     if digest != meta["weights_sha256"]:
         raise CheckpointError(
-            f"{weights} does not match the sha256 in encoder.json (a partial or foreign file); "
+            f"{weights} does not match the sha256 in {META} (a partial or foreign file); "
             "re-run training with --resume to rewrite it")
     stem = meta.get("stem", "default")
     model = build_backbone(meta["backbone"], stem=stem)
@@ -370,7 +346,8 @@ def _run_encoder(spec: str, device: torch.device, opts: dict[str, str] | None = 
     name = str(run.resolve()) + ("" if pool == meta.get("pool", "avg") else f"?pool={pool}")
     return Encoder(name, "run", meta["backbone"], int(meta["image_size"]), dim, _finish(model, device),
                    mean=tuple(meta.get("mean", IMAGENET_MEAN)), std=tuple(meta.get("std", IMAGENET_STD)), stem=stem,
-                   weights=digest, pool=pool, extra=extra, device=device)
+                   weights=digest, pool=pool, extra=extra, device=device,
+                   interpolation=meta.get("interpolation", "bilinear"))
 
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:

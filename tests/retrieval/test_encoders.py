@@ -156,3 +156,20 @@ def test_run_directory_takes_a_pool_override(tmp_path):
     assert load_encoder(str(run)).pool == "avg"
     with pytest.raises(LookalikeError, match="allowed"):
         load_encoder(f"{run}?size=64")
+
+
+def test_interpolation_is_part_of_the_identity_and_comes_from_the_run(tmp_path):
+    enc = load_encoder(TINY)
+    assert enc.interpolation == "bilinear" and enc.identity["interpolation"] == "bilinear"
+    # identities written before interpolation existed mean "bilinear"
+    old = {k: v for k, v in enc.identity.items() if k != "interpolation"}
+    assert identity_matches(old, enc.identity)
+    assert not identity_matches(old, {**enc.identity, "interpolation": "bicubic"})
+    # a run says which filter its weights expect; an unknown one is refused
+    run, _ = _fake_run(tmp_path)
+    meta = json.loads((run / "encoder.json").read_text())
+    (run / "encoder.json").write_text(json.dumps({**meta, "interpolation": "bicubic"}))
+    assert load_encoder(str(run)).interpolation == "bicubic"
+    (run / "encoder.json").write_text(json.dumps({**meta, "interpolation": "sinc"}))
+    with pytest.raises(LookalikeError, match="unknown interpolation 'sinc'"):
+        load_encoder(str(run))

@@ -1,0 +1,73 @@
+"""The allocator settings every model-running process gets (retrieval.allocator)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+# Allocates a 64 MiB block with the C allocator and reports where glibc put it: bytes in mmapped blocks
+# (mallinfo2().hblkhd) added while it is held. Tuned, large blocks come from the heap (0 bytes mmapped).
+PROBE = r"""
+import ctypes, json, sys
+sys.path.insert(0, {root!r})
+import retrieval.encoders  # what every model-running process imports
+from retrieval.allocator import allocator_state
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+libc.mallinfo2.restype = MallInfo2
+before = libc.mallinfo2().hblkhd  # blocks mmapped before the settings took effect stay counted
+block = libc.malloc(64 << 20)
+held = libc.mallinfo2().hblkhd - before
+libc.free(block)
+print(json.dumps({{"state": allocator_state(), "mmapped_while_held": held}}))
+"""
+
+
+def _probe(**env: str) -> dict:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("LOOKALIKE_ALLOCATOR", "LD_PRELOAD")}
+    full_env.update(env)
+    out = subprocess.run([sys.executable, "-c", PROBE.format(root=str(ROOT))], capture_output=True, text=True,
+                         env=full_env, timeout=300, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc's; elsewhere nothing is changed")
+def test_model_processes_serve_large_blocks_from_the_heap():
+    tuned = _probe()
+    assert tuned["state"] == "tuned"
+    assert tuned["mmapped_while_held"] == 0  # a 64 MiB activation is not a fresh mmap that free() unmaps
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc's; elsewhere nothing is changed")
+def test_the_environment_can_leave_the_allocator_as_it_comes():
+    plain = _probe(LOOKALIKE_ALLOCATOR="system")
+    assert plain["state"] == "system"
+    assert plain["mmapped_while_held"] >= 64 << 20  # glibc's own behaviour: the block is mmapped
+
+
+def test_a_preloaded_allocator_is_left_alone(monkeypatch):
+    import retrieval.allocator as allocator
+
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    monkeypatch.delenv(allocator.ENV, raising=False)
+    called = []
+    monkeypatch.setattr(allocator, "_glibc_mallopt", lambda: called.append(1) or True)
+    assert allocator.tune_allocator() == "preloaded"
+    assert called == []
+    assert allocator.tune_allocator() == "preloaded"  # once per process
