@@ -11,6 +11,12 @@ References
 - BYOL: Grill et al., "Bootstrap Your Own Latent", 2020.
 - SimSiam: Chen & He, "Exploring Simple Siamese Representation Learning", 2021.
 - Barlow Twins: Zbontar et al., "Barlow Twins: Self-Supervised Learning via Redundancy Reduction", 2021.
+- Margin contrastive loss: Hadsell, Chopra & LeCun, "Dimensionality Reduction by Learning an Invariant
+  Mapping", 2006.
+- Triplet loss and semi-hard mining: Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and
+  Clustering", 2015; hardest-in-batch mining: Hermans et al., "In Defense of the Triplet Loss", 2017.
+- CPC: van den Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018; Hénaff et al.,
+  "Data-Efficient Image Recognition with Contrastive Predictive Coding" (CPC v2), 2020.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 
-__all__ = ["nt_xent", "info_nce", "byol_loss", "simsiam_loss", "barlow_twins_loss"]
+__all__ = ["nt_xent", "info_nce", "byol_loss", "simsiam_loss", "barlow_twins_loss", "MINING", "two_view_distances",
+           "mine_negatives", "margin_contrastive_loss", "triplet_loss", "cpc_loss"]
 
 _F = TypeVar("_F", bound=Callable[..., torch.Tensor])
 _HALF = (torch.float16, torch.bfloat16)
@@ -174,3 +181,141 @@ def barlow_twins_loss(
     on_diag = (torch.diagonal(c) - 1).pow(2).sum()
     off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
     return scale * (on_diag + lambd * off_diag)
+
+
+# -- pairwise losses over the two views of a batch ---------------------------------------------------------------
+MINING = ("semihard", "hardest")
+
+
+def two_view_distances(z1: torch.Tensor, z2: torch.Tensor,
+                       eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Euclidean distances between the 2N L2-normalised views ``[z1; z2]`` (so every distance is in [0, 2]).
+
+    Returns ``(d, pos, neg_mask)``: ``d`` (2N, 2N) distances (``sqrt`` of the squared distance clamped at ``eps``,
+    so the gradient stays finite at 0), ``pos`` (2N,) the column of each anchor's other view, and ``neg_mask``
+    (2N, 2N) True where the column is a view of *another* image (neither the anchor nor its positive).
+    """
+    _check_pair(z1, z2, "z1 and z2")
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)  # (2N, D)
+    sq = (2.0 - 2.0 * z @ z.T).clamp_min(eps)  # (2N, 2N) |a - b|^2 of unit vectors
+    d = sq.sqrt()
+    idx = torch.arange(2 * n, device=z.device)
+    pos = (idx + n) % (2 * n)  # (2N,)
+    image = idx % n  # (2N,) which image each view shows
+    neg_mask = image.view(-1, 1) != image.view(1, -1)  # (2N, 2N)
+    return d, pos, neg_mask
+
+
+def mine_negatives(d_pos: torch.Tensor, d_neg: torch.Tensor, neg_mask: torch.Tensor, mining: str) -> torch.Tensor:
+    """Per anchor, the column of the mined negative (no gradient flows through the choice).
+
+    d_pos: (A,) anchor-positive distances; d_neg: (A, C) anchor-candidate distances; neg_mask: (A, C) True where the
+    candidate is a negative (each anchor needs at least one).
+
+    * ``"hardest"``: the closest negative (batch-hard mining, Hermans et al. 2017).
+    * ``"semihard"``: FaceNet's semi-hard negative, the closest negative that is *farther* than the positive
+      (``d_an > d_ap``); an anchor without one (every negative is at least as close as its positive) takes its
+      farthest negative, the easiest of the hard ones.
+    """
+    if mining not in MINING:
+        raise ValueError(f"mining must be one of {', '.join(MINING)}, got {mining!r}")
+    if not bool(neg_mask.any(dim=1).all()):
+        raise ValueError("every anchor needs at least one negative: a batch of at least 2 images")
+    d_neg, d_pos = d_neg.detach(), d_pos.detach()
+    inf = torch.full_like(d_neg, float("inf"))
+    hardest = torch.where(neg_mask, d_neg, inf).argmin(dim=1)  # (A,)
+    if mining == "hardest":
+        return hardest
+    farther = neg_mask & (d_neg > d_pos.view(-1, 1))  # (A, C)
+    semi = torch.where(farther, d_neg, inf).argmin(dim=1)
+    easiest = torch.where(neg_mask, d_neg, -inf).argmax(dim=1)
+    return torch.where(farther.any(dim=1), semi, easiest)
+
+
+def _mined(z1: torch.Tensor, z2: torch.Tensor, mining: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d(a, p), d(a, n*)) for each of the 2N anchors, each (2N,), n* mined as :func:`mine_negatives`."""
+    d, pos, neg_mask = two_view_distances(z1, z2)
+    rows = torch.arange(d.shape[0], device=d.device)
+    d_ap = d[rows, pos]
+    return d_ap, d[rows, mine_negatives(d_ap, d, neg_mask, mining)]
+
+
+@_full_precision
+def margin_contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, margin: float = 1.0,
+                            mining: str = "hardest") -> torch.Tensor:
+    """Hadsell, Chopra & LeCun's contrastive loss ``y d^2 + (1 - y) max(0, m - d)^2`` over the two views.
+
+    Every view of the 2N is an anchor; its similar pair (y = 1) is the other view of its image, its dissimilar pair
+    (y = 0) one mined view of another image (:func:`mine_negatives`), so positive and negative pairs weigh the same.
+    ``d`` is the Euclidean distance of the L2-normalised embeddings (in [0, 2]); the loss is the mean over the 2N
+    anchors of ``d(a, p)^2 + max(0, m - d(a, n))^2``. (The paper writes each term with a factor 1/2, a constant
+    scale left out here.) z1, z2: (N, D), N >= 2; for data-parallel training pass the gathered batch.
+    """
+    if margin <= 0:
+        raise ValueError(f"margin must be > 0, got {margin}")
+    d_ap, d_an = _mined(z1, z2, mining)
+    return (d_ap.pow(2) + F.relu(margin - d_an).pow(2)).mean()
+
+
+@_full_precision
+def triplet_loss(z1: torch.Tensor, z2: torch.Tensor, margin: float = 0.2, mining: str = "semihard") -> torch.Tensor:
+    """The triplet loss ``max(0, d(a, p) - d(a, n) + margin)`` over the two views.
+
+    Every view of the 2N is an anchor, its positive is the other view of its image and its negative one mined view
+    of another image (:func:`mine_negatives`); ``d`` is the Euclidean distance of the L2-normalised embeddings, as
+    in FaceNet (``margin`` 0.2 there). Returns the mean over the 2N anchors. z1, z2: (N, D), N >= 2.
+    """
+    if margin <= 0:
+        raise ValueError(f"margin must be > 0, got {margin}")
+    d_ap, d_an = _mined(z1, z2, mining)
+    return F.relu(d_ap - d_an + margin).mean()
+
+
+# -- CPC ----------------------------------------------------------------------------------------------------------
+@_full_precision
+def cpc_loss(preds: torch.Tensor, z: torch.Tensor, temperature: float = 0.1, z_all: torch.Tensor | None = None,
+             rank: int = 0) -> torch.Tensor:
+    """CPC's InfoNCE over a grid of patch embeddings: predict the patch k rows below from the context above.
+
+    Args:
+        preds: (K, N, G, G, D) ``preds[k - 1, b, i, j]`` is the prediction, made from the context at row i,
+            column j of image b, of the patch at row ``i + k``, same column (rows ``i > G - 1 - k`` have no target
+            and are ignored).
+        z: (N, G, G, D) the patch embeddings (the targets) of the same N images.
+        temperature: T > 0; scores are cosine similarities / T (CPC's critic is the log-bilinear ``z^T W_k c``;
+            the linear map ``W_k`` lives in the method, the normalisation keeps scores bounded).
+        z_all: (M, G, G, D) the embeddings of the global batch in rank order (``None``: one process, M = N).
+        rank: this process's rank; its images are ``z_all[rank*N : (rank+1)*N]``.
+    Every patch of every image in the (global) batch is a candidate, so the negatives are the other patches of the
+    same image and all patches of other images (CPC v2). Returns the mean over all (k, b, i, j) with a target of
+    ``-log exp(s(pred, z_target)) / sum_{all candidate patches c} exp(s(pred, z_c))``.
+    """
+    if preds.dim() != 5 or z.dim() != 4 or preds.shape[1:] != z.shape or z.shape[1] != z.shape[2]:
+        raise ValueError(f"preds must be (K, N, G, G, D) and z (N, G, G, D); got {tuple(preds.shape)} and "
+                         f"{tuple(z.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    k_steps, n, g = preds.shape[0], z.shape[0], z.shape[1]
+    if not 1 <= k_steps < g:
+        raise ValueError(f"the number of prediction steps must be in [1, {g - 1}] for a {g}x{g} grid, got {k_steps}")
+    if z_all is None:
+        z_all, offset = z, 0
+    else:
+        if z_all.dim() != 4 or z_all.shape[1:] != z.shape[1:]:
+            raise ValueError(f"z_all must be (M, {g}, {g}, {z.shape[-1]}), got {tuple(z_all.shape)}")
+        offset = rank * n
+        if offset + n > z_all.shape[0]:
+            raise ValueError(f"rank {rank} with local batch {n} does not fit in gathered batch {z_all.shape[0]}")
+    candidates = F.normalize(z_all.reshape(-1, z.shape[-1]), dim=1)  # (M*G*G, D), index ((b*G)+i)*G+j
+    b = torch.arange(n, device=z.device).view(-1, 1, 1) + offset
+    j = torch.arange(g, device=z.device).view(1, 1, -1)
+    total, count = preds.new_zeros(()), 0
+    for k in range(1, k_steps + 1):
+        i = torch.arange(g - k, device=z.device).view(1, -1, 1)
+        p = F.normalize(preds[k - 1, :, : g - k].reshape(-1, z.shape[-1]), dim=1)  # (N*(G-k)*G, D)
+        target = (((b * g) + i + k) * g + j).reshape(-1)  # (N*(G-k)*G,) row of z[b, i + k, j] in candidates
+        logits = p @ candidates.T / temperature
+        total = total + F.cross_entropy(logits, target, reduction="sum")
+        count += p.shape[0]
+    return total / count

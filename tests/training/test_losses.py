@@ -11,7 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from training import distributed as D
-from training.losses import barlow_twins_loss, byol_loss, info_nce, nt_xent, simsiam_loss
+from training.losses import (barlow_twins_loss, byol_loss, cpc_loss, info_nce, margin_contrastive_loss,
+                             mine_negatives, nt_xent, simsiam_loss, triplet_loss)
 
 
 # -- slow references ------------------------------------------------------------------------------------------
@@ -204,6 +205,7 @@ def _ddp_worker(rank: int, world: int, init_file: str) -> None:
         bt.backward()
         bt_full.backward()
         torch.testing.assert_close(b1.grad, world * f1.grad[sl])
+        _new_losses_on_ranks(rank, world)  # defined below, with the losses it checks
     finally:
         dist.destroy_process_group()
 
@@ -219,8 +221,10 @@ def test_losses_run_in_float32_under_autocast():
     g = torch.Generator().manual_seed(4)
     a, b = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
     queue = torch.nn.functional.normalize(torch.randn(10, 16, generator=g), dim=1)
+    z, preds = torch.randn(4, 3, 3, 16, generator=g), torch.randn(2, 4, 3, 3, 16, generator=g)
     cases = [(nt_xent, (a, b, 0.2)), (info_nce, (a, b, queue, 0.2)), (byol_loss, (a, b)),
-             (simsiam_loss, (a, b)), (barlow_twins_loss, (a, b))]
+             (simsiam_loss, (a, b)), (barlow_twins_loss, (a, b)), (margin_contrastive_loss, (a, b, 1.0)),
+             (triplet_loss, (a, b, 0.5)), (cpc_loss, (preds, z, 0.2))]
     for fn, args in cases:
         expected = fn(*args)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -229,3 +233,179 @@ def test_losses_run_in_float32_under_autocast():
         assert got.dtype == torch.float32, fn.__name__
         # only the bfloat16 rounding of the inputs remains, not bfloat16 arithmetic inside the loss
         assert got.item() == pytest.approx(expected.item(), rel=2e-2), fn.__name__
+
+
+# -- pairwise losses (margin contrastive, triplet) and their mining ------------------------------------------
+
+def _views_and_distances(z1: np.ndarray, z2: np.ndarray):
+    """The 2N unit views [z1; z2], which image each shows, and their Euclidean distances (loops)."""
+    z = np.concatenate([z1, z2]).astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    n2 = len(z)
+    image = [i % (n2 // 2) for i in range(n2)]
+    d = [[math.sqrt(max(sum((z[a, c] - z[b, c]) ** 2 for c in range(z.shape[1])), 0.0)) for b in range(n2)]
+         for a in range(n2)]
+    return image, d
+
+
+def _mined_reference(d_ap: float, row: list[float], negatives: list[int], mining: str) -> float:
+    """FaceNet semi-hard: the closest negative farther than the positive, else the farthest; or the closest."""
+    if mining == "hardest":
+        return min(row[c] for c in negatives)
+    farther = [row[c] for c in negatives if row[c] > d_ap]
+    return min(farther) if farther else max(row[c] for c in negatives)
+
+
+def pairwise_reference(z1: np.ndarray, z2: np.ndarray, margin: float, mining: str, kind: str) -> float:
+    """Mean over the 2N anchors of the margin loss y d^2 + (1-y) max(0, m-d)^2 (one similar, one mined dissimilar
+    pair) or of the triplet loss max(0, d(a,p) - d(a,n) + margin)."""
+    image, d = _views_and_distances(z1, z2)
+    n2 = len(image)
+    total = 0.0
+    for a in range(n2):
+        p = (a + n2 // 2) % n2
+        negatives = [c for c in range(n2) if image[c] != image[a]]
+        d_an = _mined_reference(d[a][p], d[a], negatives, mining)
+        if kind == "margin":
+            total += 1 * d[a][p] ** 2 + (1 - 0) * max(0.0, margin - d_an) ** 2
+        else:
+            total += max(0.0, d[a][p] - d_an + margin)
+    return total / n2
+
+
+@pytest.mark.parametrize("mining", ["semihard", "hardest"])
+@pytest.mark.parametrize("margin", [0.2, 1.0, 1.9])
+def test_pairwise_losses_match_reference(mining, margin):
+    g = torch.Generator().manual_seed(5)
+    z1, z2 = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    z2 = z1 + 0.7 * z2  # positives nearer than chance, so some anchors have semi-hard negatives and some not
+    for fn, kind in ((margin_contrastive_loss, "margin"), (triplet_loss, "triplet")):
+        got = fn(z1, z2, margin, mining).item()
+        assert got == pytest.approx(pairwise_reference(z1.numpy(), z2.numpy(), margin, mining, kind), rel=1e-7), kind
+
+
+def test_pairwise_losses_by_hand():
+    e = torch.eye(3, dtype=torch.float64)
+    # identical views, the other images orthogonal (distance sqrt 2): positives at 0, every negative at sqrt 2
+    assert triplet_loss(e, e, 0.2).item() == pytest.approx(0.0, abs=1e-6)
+    assert triplet_loss(e, e, 2.0).item() == pytest.approx(2.0 - math.sqrt(2), abs=1e-6)
+    assert margin_contrastive_loss(e, e, 1.0).item() == pytest.approx(0.0, abs=1e-12)
+    assert margin_contrastive_loss(e, e, 2.0).item() == pytest.approx((2.0 - math.sqrt(2)) ** 2, abs=1e-6)
+    # collapse (every embedding equal): the triplet loss is the margin, the margin loss m^2
+    one = torch.ones(4, 3, dtype=torch.float64)
+    assert triplet_loss(one, one, 0.3, "hardest").item() == pytest.approx(0.3, abs=1e-5)
+    assert margin_contrastive_loss(one, one, 1.0).item() == pytest.approx(1.0, abs=1e-5)
+    # views of one image opposite: d(a, p) = 2
+    assert margin_contrastive_loss(e, -e, 1.0).item() == pytest.approx(4.0, abs=1e-6)
+
+
+def test_mining_picks_the_stated_negative():
+    d_pos = torch.tensor([0.5, 0.5, 0.5])
+    d = torch.tensor([[0.0, 0.3, 0.6, 0.9, 0.4],     # negatives 1..4: semi-hard = 0.6 (col 2), hardest 0.3 (col 1)
+                      [0.0, 0.1, 0.2, 0.4, 0.45],    # none farther than 0.5: the farthest, 0.45 (col 4)
+                      [0.0, 0.3, 0.2, 0.9, 0.7]])    # col 1 masked out below: hardest 0.2 (col 2), semi 0.7
+    mask = torch.tensor([[False, True, True, True, True], [False, True, True, True, True],
+                         [False, False, True, True, True]])
+    assert mine_negatives(d_pos, d, mask, "semihard").tolist() == [2, 4, 4]
+    assert mine_negatives(d_pos, d, mask, "hardest").tolist() == [1, 1, 2]
+    with pytest.raises(ValueError, match="mining"):
+        mine_negatives(d_pos, d, mask, "random")
+    with pytest.raises(ValueError, match="at least one negative"):
+        mine_negatives(d_pos, d, torch.zeros_like(mask), "hardest")
+
+
+def test_pairwise_losses_validate_and_have_finite_gradients_at_zero_distance():
+    z = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    for fn in (margin_contrastive_loss, triplet_loss):
+        fn(z, z.detach().clone(), 0.5).backward()  # d(a, p) = 0 exactly
+        assert torch.isfinite(z.grad).all()
+        z.grad = None
+        with pytest.raises(ValueError, match="margin"):
+            fn(z, z, 0.0)
+        with pytest.raises(ValueError, match="at least one negative"):
+            fn(z[:1], z[:1], 0.5)
+
+
+# -- CPC ------------------------------------------------------------------------------------------------------
+def cpc_reference(preds: np.ndarray, z: np.ndarray, t: float) -> float:
+    """-log exp(s(p, z_{i+k,j})/t) / sum over every patch c of the batch exp(s(p, z_c)/t), s = cosine, averaged
+    over every (k, b, i, j) whose target row i + k is inside the grid."""
+    k_steps, n, g = preds.shape[0], z.shape[0], z.shape[1]
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    cands = [unit(z[b, i, j]) for b in range(n) for i in range(g) for j in range(g)]
+    total, count = 0.0, 0
+    for k in range(1, k_steps + 1):
+        for b in range(n):
+            for i in range(g - k):
+                for j in range(g):
+                    p = unit(preds[k - 1, b, i, j])
+                    pos = math.exp(p @ unit(z[b, i + k, j]) / t)
+                    total += -math.log(pos / sum(math.exp(p @ c / t) for c in cands))
+                    count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("steps, t", [(1, 0.1), (2, 0.5), (3, 1.0)])
+def test_cpc_loss_matches_reference(steps, t):
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(3, 4, 4, 5, generator=g, dtype=torch.float64)
+    preds = torch.randn(steps, 3, 4, 4, 5, generator=g, dtype=torch.float64)
+    assert cpc_loss(preds, z, t).item() == pytest.approx(cpc_reference(preds.numpy(), z.numpy(), t), rel=1e-9)
+
+
+def test_cpc_loss_by_hand_and_validation():
+    # predictions equal to their targets, all 2x2x... patches orthogonal: -log e^{1/T} / (e^{1/T} + (C - 1))
+    z = torch.eye(8, dtype=torch.float64).view(2, 2, 2, 8)  # N=2, G=2: C = 8 candidate patches
+    preds = torch.zeros(1, 2, 2, 2, 8, dtype=torch.float64)
+    preds[0, :, 0] = z[:, 1]  # row 0 predicts row 1
+    assert cpc_loss(preds, z, 0.5).item() == pytest.approx(math.log(1 + 7 * math.exp(-2.0)))
+    with pytest.raises(ValueError, match="steps"):
+        cpc_loss(torch.zeros(2, 2, 2, 2, 8), z.float(), 0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        cpc_loss(preds, z, 0.0)
+    with pytest.raises(ValueError, match=r"\(K, N, G, G, D\)"):
+        cpc_loss(preds[0], z, 0.5)
+
+
+def test_cpc_gathered_ranks_match_full_batch():
+    """Emulate 2 ranks: the mean of the per-rank losses and its gradients equal the single-process ones."""
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(4, 3, 3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    preds = torch.randn(2, 4, 3, 3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    expected = cpc_loss(preds, z, 0.2)
+    per_rank = [cpc_loss(preds[:, r * 2:(r + 1) * 2], z[r * 2:(r + 1) * 2], 0.2, z, rank=r) for r in (0, 1)]
+    got = sum(per_rank) / 2
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12)
+    for a, b in zip(torch.autograd.grad(expected, [z, preds]), torch.autograd.grad(got, [z, preds])):
+        torch.testing.assert_close(a, b)
+
+
+def _new_losses_on_ranks(rank: int, world: int) -> None:
+    """Run by every rank of test_gather_with_grad_two_processes: the new losses under data parallelism."""
+    torch.manual_seed(0)  # the same "global batch" on every rank
+    full1, full2 = torch.randn(2 * world, 5, dtype=torch.float64), torch.randn(2 * world, 5, dtype=torch.float64)
+    full_z = torch.randn(2 * world, 3, 3, 5, dtype=torch.float64)
+    full_p = torch.randn(2, 2 * world, 3, 3, 5, dtype=torch.float64)
+    sl = slice(2 * rank, 2 * rank + 2)
+
+    # triplet / margin as the methods call them: every rank computes the loss of the gathered batch
+    for fn in (triplet_loss, margin_contrastive_loss):
+        z1, z2 = full1[sl].clone().requires_grad_(), full2[sl].clone().requires_grad_()
+        loss = fn(D.gather_with_grad(z1), D.gather_with_grad(z2), 0.8, "hardest")
+        loss.backward()
+        f1, f2 = full1.clone().requires_grad_(), full2.clone().requires_grad_()
+        expected = fn(f1, f2, 0.8, "hardest")
+        expected.backward()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-9)
+        torch.testing.assert_close(z1.grad, world * f1.grad[sl])
+
+    # CPC as the method calls it: local predictions against the targets of every rank
+    z, p = full_z[sl].clone().requires_grad_(), full_p[:, sl].clone().requires_grad_()
+    loss = cpc_loss(p, z, 0.3, D.gather_with_grad(z), rank=rank)
+    loss.backward()
+    fz, fp = full_z.clone().requires_grad_(), full_p.clone().requires_grad_()
+    expected = cpc_loss(fp, fz, 0.3)
+    expected.backward()
+    assert D.all_reduce_mean(loss.detach()).item() == pytest.approx(expected.item(), rel=1e-9)
+    torch.testing.assert_close(z.grad, world * fz.grad[sl])
+    torch.testing.assert_close(p.grad, world * fp.grad[:, sl])
