@@ -47,6 +47,29 @@ def map_at_k(rel: np.ndarray, k: int, n_relevant: np.ndarray | None = None) -> f
     return float(ap.mean())
 
 
+def micro_average_precision(scores: np.ndarray, rel: np.ndarray, n_ground_truth: int) -> float:
+    """Micro-average precision of copy detection, as in the DISC21 benchmark (Douze et al., 2021).
+
+    Every (query, result) pair of every query's top k (``scores`` and ``rel``, both (Q, k)) is put in one list,
+    ranked by score (best first; ties keep query order); AP is the area under that list's precision-recall curve,
+    Σ over the relevant pairs of the precision at their rank, divided by ``n_ground_truth`` (the number of
+    (query, reference) copy pairs there are, found or not). Queries without a copy in the database count through
+    their confident false matches, which lower the precision of every pair ranked below them.
+    """
+    s = np.asarray(scores, np.float64)
+    r = np.asarray(rel, dtype=bool)
+    if s.shape != r.shape:
+        raise ValueError(f"scores {s.shape} and rel {r.shape} must have the same shape")
+    if n_ground_truth < 1:
+        raise ValueError("n_ground_truth must be >= 1")
+    order = np.argsort(-s.ravel(), kind="stable")
+    hits = r.ravel()[order]
+    if hits.sum() > n_ground_truth:
+        raise ValueError(f"{int(hits.sum())} relevant pairs found but n_ground_truth is {n_ground_truth}")
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].sum() / n_ground_truth)
+
+
 def relevance_from_labels(ranked: np.ndarray, query_labels, db_labels) -> np.ndarray:
     """(Q, K) indices into the database → (Q, K) bool: same label as the query. Index -1 (no result) is False."""
     ranked = np.asarray(ranked)

@@ -1,0 +1,330 @@
+"""What the three real-photo benchmarks share: their rows, how a row is trained, the command line, the table.
+
+The benchmarks (``bench/tuxpaint_retrieval.py``, ``bench/copy_detection.py``, ``bench/fashion_mnist.py``) each build
+their data, say which folder a trained row trains on and how an encoder is scored, and hand the rest to
+:func:`run_benchmark`. The rows, in groups (``--groups``):
+
+* ``baselines`` (no training): ``pixels``; ``random:resnet10t`` (the trainer's default backbone, random weights);
+  ``random:<pretrained architecture>``; the pretrained encoder itself (``--pretrained``, default
+  ``timm:tf_efficientnet_lite0``, ImageNet-1k weights from the ``pretrained`` extra);
+* ``scratch``: every method of :data:`training.methods.METHODS` (the registry, so a new method gets a row) trained
+  from random weights with ``lookalike train``'s defaults;
+* ``pretrained``: the same methods fine-tuned from the pretrained encoder (``TrainConfig.init``);
+* ``distill``: the trainer's default student taught by ``--teacher`` (``method="distill"``, ``TrainConfig.teacher``);
+* ``lightly``: lightly's SimCLR (``bench/peers.py``) from random weights, and from the pretrained weights where
+  ``bench.peers.train_lightly`` takes an ``init`` (where it does not, the row says so).
+
+Every trained row gets the same budget, ``--minutes`` of wall-clock training on the CPU (``device="cpu"``), and
+trains on the benchmark's own collection without its labels: transductive, as a user trains on the folder they
+index. Rows that need a trainer feature this checkout lacks (``init``, ``teacher``, the ``distill`` method) are
+skipped with that reason in ``--quick`` and are errors in a full run. Results go to ``bench/results/<name>.json``
+(``<name>_quick.json`` with ``--quick``, which git ignores) with the settings, machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, save_result  # noqa: E402
+from retrieval.errors import LookalikeError  # noqa: E402
+
+PRETRAINED = "timm:tf_efficientnet_lite0"
+GROUPS = ("baselines", "scratch", "pretrained", "distill", "lightly")
+QUICK_MINUTES = 0.25
+FULL_MINUTES = 3.0
+PEER_METHOD = "simclr"
+
+
+class NeedsTrainerFeature(LookalikeError):
+    """A row needs a trainer feature (``--init``, ``--teacher``, a method) this checkout does not have."""
+
+
+@dataclass
+class Row:
+    """One row: an encoder spec to score as it is, or a training (``train``: TrainConfig fields, ``peer``:
+    lightly's) whose run is scored."""
+
+    name: str
+    group: str
+    spec: str | None = None
+    train: dict = field(default_factory=dict)
+    peer: dict | None = None
+
+
+def _log(msg: str) -> None:
+    print(f"[photos] {msg}", file=sys.stderr, flush=True)
+
+
+def trainable_methods() -> list[str]:
+    """The registry's methods that train without a teacher."""
+    from training.methods import METHODS
+
+    return [m for m in METHODS if m != "distill"]
+
+
+def plan(groups, methods, pretrained: str = PRETRAINED, teacher: str | None = None) -> list[Row]:
+    """The rows of ``groups`` in table order (module docstring)."""
+    from training.settings import DEFAULT_BACKBONE
+
+    arch = pretrained.split(":", 1)[1].split("?", 1)[0]
+    teacher = teacher or pretrained
+    rows = {"baselines": [Row("pixels", "baselines", "pixels"),
+                          Row(f"random:{DEFAULT_BACKBONE}", "baselines", f"random:{DEFAULT_BACKBONE}"),
+                          Row(f"random:{arch}", "baselines", f"random:{arch}"),
+                          Row(pretrained, "baselines", pretrained),
+                          *([Row(teacher, "baselines", teacher)] if teacher != pretrained else [])],
+            "scratch": [Row(m, "scratch", train={"method": m}) for m in methods],
+            "pretrained": [Row(f"{m} from {arch}", "pretrained", train={"method": m, "init": pretrained})
+                           for m in methods],
+            "distill": [Row(f"distill from {teacher.split(':', 1)[-1]}", "distill",
+                            train={"method": "distill", "teacher": teacher})],
+            "lightly": [Row(f"lightly-{PEER_METHOD}", "lightly", peer={"method": PEER_METHOD}),
+                        Row(f"lightly-{PEER_METHOD} from {arch}", "lightly",
+                            peer={"method": PEER_METHOD, "init": pretrained})]}
+    return [r for g in GROUPS if g in groups for r in rows[g]]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------------------------
+def check_trainer(train: dict) -> None:
+    """Raise :class:`NeedsTrainerFeature` when this checkout's trainer cannot take ``train``'s fields."""
+    from training.methods import METHODS
+    from training.trainer import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in ("init", "teacher"):
+        if key in train and key not in fields:
+            raise NeedsTrainerFeature(f"needs --{key}: training.trainer.TrainConfig has no {key!r} field here")
+    if train.get("method", "simclr") not in METHODS:
+        raise NeedsTrainerFeature(f"needs --method {train['method']}: not in training.methods.METHODS here")
+
+
+def train_row(row: Row, data_dir: Path, run: Path, minutes: float) -> tuple[Path, float | None, bool]:
+    """Train (or reuse a finished / resume an interrupted) Lookalike run of ``row``: (run, wall minutes, reused)."""
+    from bench.quality import _finished, _run_facts, _sidecar, _timed, _wall_minutes
+    from retrieval.runformat import STATE
+    from training.trainer import TrainConfig, train
+
+    check_trainer(row.train)
+    if _finished(run):
+        return run, _wall_minutes(run), True
+    resume = (run / STATE).exists()
+    if run.exists() and not resume:  # killed before its first checkpoint
+        shutil.rmtree(run)
+    cfg = TrainConfig(data_dir=str(data_dir), out=str(run), minutes=minutes, device="cpu", resume=resume,
+                      **row.train)
+    prior = (_run_facts(run).get("clock_minutes") or 0.0) if resume else 0.0
+    wall = _timed(run, lambda: train(cfg, progress=False)) + prior
+    _sidecar(run).write_text(json.dumps({"wall_minutes": wall}))
+    return run, wall, resume
+
+
+def train_peer_row(row: Row, data_dir: Path, run: Path, minutes: float) -> tuple[Path, float | None, bool]:
+    """lightly's run of ``row`` with the trainer's default backbone, stem, image size and batch (with an ``init``:
+    its batch, the rest from the weights)."""
+    from bench.quality import _peers, _timed, _wall_minutes
+    from retrieval.runformat import META, WEIGHTS
+    from training.settings import setting
+
+    peers, why = _peers()
+    if peers is None:
+        raise NeedsTrainerFeature(why)
+    extra = {k: v for k, v in row.peer.items() if k != "method"}
+    if "init" in extra and "init" not in inspect.signature(peers.train_lightly).parameters:
+        raise NeedsTrainerFeature("bench.peers.train_lightly takes no init: lightly's rows start from random "
+                                  "weights only")
+    if (run / META).is_file() and (run / WEIGHTS).is_file():
+        return run, _wall_minutes(run), True
+    if run.exists():
+        shutil.rmtree(run)
+    # from random weights: the trainer's defaults; from ``init``: what the peer derives from it, as our trainer does
+    keys = ("batch_size",) if "init" in extra else ("backbone", "stem", "image_size", "batch_size")
+    defaults = {k: setting(k).default for k in keys}
+    wall = _timed(run, lambda: peers.train_lightly(row.peer["method"], data_dir, run, minutes=minutes,
+                                                   progress=False, **defaults, **extra))
+    return run, wall, False
+
+
+# ------------------------------------------------------------------------------------------------------------
+# running and reporting
+# ------------------------------------------------------------------------------------------------------------
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options every photo benchmark takes."""
+    ap.add_argument("--quick", action="store_true", help=f"smaller data, {QUICK_MINUTES:g} min per trained row")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help=f"CPU training budget per trained row, wall-clock (default {FULL_MINUTES:g}; --quick: "
+                         f"{QUICK_MINUTES:g})")
+    ap.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS), help="row groups to run")
+    ap.add_argument("--methods", nargs="+", default=None, help="methods of the scratch/pretrained groups "
+                    "(default: every method of training.methods.METHODS but distill)")
+    ap.add_argument("--pretrained", default=PRETRAINED, help=f"pretrained spec (default {PRETRAINED})")
+    ap.add_argument("--teacher", default=None, help="teacher of the distilled row (default: --pretrained)")
+    ap.add_argument("--runs-dir", default=None, help="keep trained runs here and reuse finished ones "
+                    "(default: a temp dir, deleted)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    ap.add_argument("--eval-device", default="cpu", help="device that embeds for scoring (training stays on the "
+                    "CPU); cuda makes the big evaluations fast, and makes img/s a GPU figure")
+    ap.add_argument("--json", action="store_true", help="print the result JSON instead of the table")
+
+
+def minutes_of(args) -> float:
+    m = args.minutes if args.minutes is not None else (QUICK_MINUTES if args.quick else FULL_MINUTES)
+    if m <= 0:
+        raise SystemExit("--minutes must be positive")
+    return m
+
+
+def _score(evaluate: Callable, spec: str, device: str) -> dict:
+    from retrieval.encoders import load_encoder
+
+    encoder = load_encoder(spec, device)
+    t0 = time.perf_counter()
+    out = evaluate(encoder)
+    out.setdefault("encoder", encoder.name)
+    out.setdefault("dim", encoder.dim)
+    if out.get("embedded"):
+        out["images_per_s"] = round(out["embedded"] / max(out.get("embed_seconds") or 0.0, 1e-9), 1)
+    out["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def run_rows(rows: list[Row], evaluate: Callable, train_dir: Callable[[], Path], runs: Path, minutes: float,
+             quick: bool, headline: tuple[str, ...], device: str = "cpu") -> dict[str, dict]:
+    """Score every row (training the trained ones on ``train_dir()``, built on first use); failures are rows."""
+    from bench.quality import _run_facts
+
+    out: dict[str, dict] = {}
+    for row in rows:
+        base = {"group": row.group, **({"spec": row.spec} if row.spec else {}), **row.train,
+                **({"peer": row.peer} if row.peer else {})}
+        try:
+            if row.spec:
+                out[row.name] = {**base, "train_minutes": 0.0, **_score(evaluate, row.spec, device)}
+            else:
+                run = runs / row.name.replace(" ", "-").replace(":", "_")
+                if not row.peer:
+                    check_trainer(row.train)
+                _log(f"training {row.name} for {minutes:g} min -> {run}")
+                fn = train_peer_row if row.peer else train_row
+                run, wall, reused = fn(row, train_dir(), run, minutes)
+                facts = _run_facts(run)
+                out[row.name] = {**base, "budget_minutes": minutes,
+                                 "train_minutes": None if wall is None else round(wall, 3),
+                                 "steps": facts.get("steps"), "reused": reused, **_score(evaluate, str(run), device)}
+        except NeedsTrainerFeature as exc:
+            if not quick:
+                traceback.print_exc(file=sys.stderr)
+            out[row.name] = {**base, ("skipped" if quick else "error"): str(exc)}
+        except Exception as exc:  # noqa: BLE001 - report the row, go on with the others
+            traceback.print_exc(file=sys.stderr)
+            out[row.name] = {**base, "error": f"{type(exc).__name__}: {exc}"}
+        r = out[row.name]
+        _log(f"{row.name}: " + (r.get("error") or r.get("skipped") or
+                                ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k in headline)))
+    return out
+
+
+def table(rows: dict[str, dict], columns: tuple[str, ...]) -> str:
+    def cell(v):
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    head = ["row", *columns, "train min", "steps", "img/s"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for name, r in rows.items():
+        if "error" in r or "skipped" in r:
+            why = f"ERROR: {r['error']}" if "error" in r else f"skipped: {r['skipped']}"
+            lines.append(f"| {name} | " + " | ".join("-" * 1 for _ in columns) + f" | - | - | {why} |")
+            continue
+        cells = [cell(r.get(c)) for c in columns] + [cell(r.get("train_minutes")), cell(r.get("steps")),
+                                                     cell(r.get("images_per_s"))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def goals(rows: dict[str, dict], headline: tuple[str, ...], pretrained: str, teacher: str) -> dict:
+    """The issue's goals, judged on the ``headline`` metrics ("beats" = higher on every one); None where a side
+    of a comparison has no figures."""
+    from training.settings import DEFAULT_BACKBONE
+
+    ok = {n: r for n, r in rows.items() if "error" not in r and "skipped" not in r}
+
+    def beats(a: str, b: str, strict: bool = True) -> bool | None:
+        if a not in ok or b not in ok:
+            return None
+        return all(ok[a][m] > ok[b][m] if strict else ok[a][m] >= ok[b][m] for m in headline)
+
+    trained = [n for n in ok if ok[n]["group"] in ("scratch", "pretrained", "distill")]
+    best = max(trained, key=lambda n: ok[n][headline[0]], default=None)
+    out: dict = {"metrics": list(headline), "best_trained": best,
+                 "best_beats_pretrained": beats(best, pretrained) if best else None,
+                 "scratch_beat_pixels_and_random": {n: {"pixels": beats(n, "pixels"),
+                                                        "random": beats(n, f"random:{DEFAULT_BACKBONE}")}
+                                                    for n, r in rows.items() if r["group"] == "scratch"}}
+    student = next((n for n, r in rows.items() if r["group"] == "distill"), None)
+    if student in ok and teacher in ok:
+        out["distill_vs_teacher"] = {**{m: round(ok[student][m] / max(ok[teacher][m], 1e-12), 3) for m in headline},
+                                     "speed": round(ok[student].get("images_per_s", 0) /
+                                                    max(ok[teacher].get("images_per_s", 0), 1e-12), 2)}
+    out["vs_lightly"] = {n: beats(n.removeprefix("lightly-"), n, strict=False)
+                         for n, r in rows.items() if r["group"] == "lightly"}
+    return out
+
+
+def run_benchmark(name: str, args, evaluate: Callable, train_dir: Callable[[], Path], columns: tuple[str, ...],
+                  headline: tuple[str, ...], title: str, **settings) -> int:
+    """Plan the rows from ``args``, run them, save ``bench/results/<name>[_quick].json``, print; exit status."""
+    import torch
+
+    minutes = minutes_of(args)
+    methods = args.methods or trainable_methods()
+    unknown = [m for m in methods if m not in trainable_methods()]
+    if unknown:
+        raise SystemExit(f"unknown --methods {' '.join(unknown)}: choose from {' '.join(trainable_methods())}")
+    rows = plan(args.groups, methods, args.pretrained, args.teacher)
+    t0 = time.perf_counter()
+    tmp = None
+    if args.runs_dir:
+        runs = Path(args.runs_dir)
+        runs.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix=f"bench-{name}-")
+        runs = Path(tmp.name)
+    try:
+        results = run_rows(rows, evaluate, train_dir, runs, minutes, args.quick, headline,
+                           args.eval_device)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    result_name = f"{name}_quick" if args.quick else name
+    g = goals(results, headline, args.pretrained, args.teacher or args.pretrained)
+    path = save_result(result_name, {"rows": results, "goals": g}, quick=args.quick, minutes_per_trained_row=minutes,
+                       budget="wall-clock minutes of training per trained row, CPU (device='cpu')",
+                       training="transductive: each trained row trains on the benchmark's own collection without "
+                                "its labels, with lookalike train's defaults otherwise",
+                       groups=list(args.groups), methods=methods, pretrained=args.pretrained,
+                       teacher=args.teacher or args.pretrained, seed=args.seed, runs_dir=args.runs_dir,
+                       eval_device=args.eval_device,
+                       torch_threads=torch.get_num_threads(), total_seconds=round(time.perf_counter() - t0, 1),
+                       **settings)
+    if args.json:
+        print(path.read_text(), end="")
+    else:
+        print(f"{title}; {minutes:g} min per trained row (wall-clock, CPU)\n")
+        print(table(results, columns))
+        print(f"\ngoals (on {', '.join(headline)}): {json.dumps({k: v for k, v in g.items() if k != 'metrics'})}")
+        print(f"\nwritten: {path.relative_to(ROOT)}")
+    return 1 if any("error" in r for r in results.values()) else 0
