@@ -1,6 +1,6 @@
 """Training speed on CPU: images/s of Lookalike's trainer vs lightly's implementation of the same method.
 
-For SimCLR, MoCo v2 and BYOL this runs, back to back in one process, our trainer (``training.trainer.train``
+For SimCLR, MoCo v2 and BYOL this runs, back to back, each run in a fresh process, our trainer (``training.trainer.train``
 with the demo's settings, ``app.demo.demo_config``: resnet10t, stem "default", 64 px, batch 128, the demo's
 augmentation overrides and pooling) and the lightly peer (``bench.peers.train_lightly``: lightly's transforms,
 heads, losses and momentum utilities around the same timm backbone, same optimiser and schedule, configured with
@@ -51,7 +51,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -146,12 +148,14 @@ def _instrument(probe: _Probe, trainer, augment):
         pipeline.register_forward_hook(post)
         return pipeline
 
-    original_loader = trainer.DataLoader
-    trainer.DataLoader = _TimedLoader
+    # the module that builds the DataLoader: training.data now, training.trainer in older revisions (--ref)
+    home = trainer if hasattr(trainer, "DataLoader") else sys.modules[trainer.__name__.rsplit(".", 1)[0] + ".data"]
+    original_loader = home.DataLoader
+    home.DataLoader = _TimedLoader
     augment.views_for = views_for
 
     def undo() -> None:
-        trainer.DataLoader = original_loader
+        home.DataLoader = original_loader
         augment.views_for = original_views_for
 
     return undo
@@ -379,7 +383,38 @@ def plot(figures: dict, path: Path, ref: str | None = None) -> None:
     save_figure(fig, path)
 
 
+def in_child(side: str, method: str, **kw) -> dict:
+    """One run (``side`` = ``ours`` / ``peer``) in a fresh process of this script, so each implementation runs as
+    its users run it: ours as a Lookalike process (allocator tuned, :mod:`retrieval.allocator`), lightly's with
+    the allocator as it comes (``LOOKALIKE_ALLOCATOR=system``: nothing of ours tunes the peer's process)."""
+    env = {**os.environ, **({"LOOKALIKE_ALLOCATOR": "system"} if side == "peer" else {})}
+    task = json.dumps({"side": side, "method": method, **{k: str(v) if isinstance(v, Path) else v
+                                                           for k, v in kw.items()}})
+    proc = subprocess.run([sys.executable, __file__, "--child", task], capture_output=True, text=True, env=env,
+                          cwd=ROOT)
+    if proc.returncode:
+        raise RuntimeError(f"{side} {method} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child(task: dict) -> dict:
+    data, tmp = Path(task["data"]), Path(task["tmp"])
+    if task.get("threads"):
+        torch.set_num_threads(task["threads"])
+    if task["side"] == "peer":
+        return run_peer(task["method"], data, tmp, task["settings"], task["workers"], task["warmup"],
+                        task["steps"], task["channels_last"])
+    package = task.get("package") or "training"
+    if package != "training":  # a copy made by trainer_at, unpacked under tmp/ref
+        sys.path.insert(0, str(tmp / "ref"))
+    return run_ours(task["method"], data, tmp, task["workers"], task["warmup"], task["steps"], package,
+                    task.get("precision", "fp32"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--child":
+        print(json.dumps(child(json.loads(sys.argv[2]))))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 round, 2 warm-up + 6 timed steps (< 5 min)")
     ap.add_argument("--json", action="store_true", help="print {method: {lookalike_ips, peer_ips, ratio}}")
@@ -429,13 +464,15 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(rounds):
             for method in args.methods:
                 run = {}
+                common = {"data": data, "tmp": tmp, "workers": workers, "warmup": warmup, "steps": steps,
+                          "threads": args.threads}
                 if ref_package:
-                    run["ref"] = run_ours(method, data, Path(tmp), workers, warmup, steps, ref_package)
-                run["ours"] = run_ours(method, data, Path(tmp), workers, warmup, steps)
+                    run["ref"] = in_child("ours", method, package=ref_package, **common)
+                run["ours"] = in_child("ours", method, **common)
                 if with_bf16:
-                    run["bf16"] = run_ours(method, data, Path(tmp), workers, warmup, steps, precision="bf16")
-                run["peer"] = run_peer(method, data, Path(tmp), settings, workers, warmup, steps,
-                                       args.peer_channels_last)
+                    run["bf16"] = in_child("ours", method, precision="bf16", **common)
+                run["peer"] = in_child("peer", method, settings=settings, channels_last=args.peer_channels_last,
+                                       **common)
                 results[method].append(run)
                 ours, peer = run["ours"]["images_per_s"], run["peer"]["images_per_s"]
                 line = (f"round {r + 1}/{rounds} {method}: Lookalike {ours:.1f} img/s, lightly {peer:.1f} img/s "
