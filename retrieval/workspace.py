@@ -178,8 +178,8 @@ class Workspace:
         root = Path(store.manifest["root"])
         if not root.is_dir():
             raise LookalikeError(f"the collection folder of {name!r} ({root}) no longer exists")
-        current = scan(root, labels=True, progress=progress)
         known = store.items()
+        current = scan(root, labels=True, progress=progress, known={p: (it.size, it.mtime) for p, it in known.items()})
         changed = [it for it in current.items
                    if it.path not in known or (known[it.path].size, known[it.path].mtime) != (it.size, it.mtime)]
         present = {it.path for it in current.items}
