@@ -21,6 +21,7 @@ from retrieval.errors import BadImageError, LookalikeError
 
 from .access import FolderRoots
 from .jobs import JobManager
+from .opening import Opening
 from .serving import Serving, file_url
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class AppContext:
     train_dirs: list[str]  # folders offered for training and indexing
     runs_dir: Path  # where trainings write their runs
     folders: FolderRoots = field(default_factory=lambda: FolderRoots(None))  # what the page may index or train on
+    opening: Opening = field(default_factory=Opening)  # the indexes the pickers open on
     pickers: IndexPickers = field(init=False)
     thumbs: "ThumbnailCache" = field(init=False)
 

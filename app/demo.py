@@ -1,4 +1,10 @@
-"""``lookalike demo``: demo collection → baseline indexes → web UI, while SimCLR, MoCo and BYOL train behind it.
+"""``lookalike demo``: demo collection → baseline indexes → web UI, while encoders train behind it.
+
+Before the UI opens the demo indexes its collection with the untrained baselines (pixels, a random network) and,
+when a pretrained encoder is installed (the ``pretrained`` extra), with ImageNet EfficientNet-Lite0. Behind the UI
+it fine-tunes that encoder on the collection (SimCLR from its weights), then trains SimCLR, MoCo and BYOL from
+scratch, indexing each run when it is done. :func:`demo_plan` says what will be built, :data:`RANKING` which is
+best: the Search tab opens on the best index there is at launch, the Compare tab on :data:`COMPARED`.
 
 Everything is kept between runs: a second ``make demo`` reuses the collection, the indexes and any finished
 training run (an unfinished one resumes).
@@ -8,11 +14,15 @@ from __future__ import annotations
 
 import sys
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+from retrieval.errors import LookalikeError
 from retrieval.runformat import STATE, read_meta
 from retrieval.workspace import Workspace
 
+from .opening import Opening
 from .demo_data import DemoData, prepare_demo_data
 
 DEMO_METHODS = ("simclr", "moco", "byol")
@@ -24,12 +34,36 @@ DEMO_MINUTES = 3.0
 # of stride-16 features (retrieval.encoders, pool=grid), and train with milder augmentation than SimCLR's ImageNet
 # recipe — colour is most of what two vendors' drawings of one emoji share, so no grayscale and 0.3 jitter strength,
 # and crops of at least 30% keep the subject in view. Measured with bench/quality.py (README, Performance).
+# The pretrained encoder too: on the same task (bench.quality.Evaluation, 2026-12-01) ImageNet EfficientNet-Lite0
+# finds the right emoji first for 0.535 of the queries with pool=grid against 0.428 with avg (mAP@10 0.615 vs
+# 0.518); avg keeps a smaller edge on the subcategory vote (kNN acc 0.392 vs 0.345).
 DEMO_POOL = "grid"
 DEMO_AUGMENT = {"strength": 0.3, "gray_p": 0.0, "crop_scale": [0.3, 1.0]}
+PRETRAINED_SPEC = "timm:tf_efficientnet_lite0"  # installed by the `pretrained` extra (retrieval.pretrained)
+# Its fine-tune trains on 128-px views in batches of 64 (the recipe FINETUNE_DEFAULTS were measured with, see
+# training.settings); the rest is the trainer's fine-tuning defaults. With the init's own 224 px and the default
+# batch of 128 one SimCLR step on the CPU took over 11 GB of memory (the run was killed on a 23 GB machine);
+# 128 px, batch 64 peaked at 5.5 GB, data loaders included.
+FINETUNE_IMAGE_SIZE = 128
+FINETUNE_BATCH = 64
+
+PIXELS, RANDOM, PRETRAINED, FINETUNED = "demo-pixels", "demo-random", "demo-pretrained", "demo-finetuned"
+TRAINED = tuple(f"demo-{m}" for m in DEMO_METHODS)  # index (and run) name of each method trained from scratch
+# The demo's indexes, best first, on the cross-vendor task of bench/quality.py (recall@1 / mAP@10 / kNN acc, 2 CPU
+# cores, 3-minute trainings; 2026-12-01): Lite0 fine-tuned by finetune_config 0.534 / 0.609 / 0.387 (only 13 steps
+# on a busy machine; the pretrained Lite0 at its 128 px scores 0.524 / 0.600 / 0.381, and the fine-tune indexes
+# at 128 px, a third of the next row's pixels), ImageNet Lite0 at 224 px 0.535 / 0.615 / 0.345, SimCLR 0.391 /
+# 0.459 / 0.329, MoCo 0.388 / 0.461 / 0.326, BYOL 0.359 / 0.428 / 0.299, random 0.350 / 0.419 / 0.241, pixels
+# 0.337 / 0.404 / 0.362.
+RANKING = (FINETUNED, PRETRAINED, *TRAINED, RANDOM, PIXELS)
+# What the Compare tab opens on, a column each: the baselines beside the best from-scratch run, the pretrained
+# encoder and its fine-tune (those that exist at launch).
+COMPARED = (PIXELS, RANDOM, TRAINED[0], PRETRAINED, FINETUNED)
+OPENING = Opening(search=RANKING, compare=COMPARED)
 
 
 def demo_config(method: str, data_dir: str | Path, out: str | Path, minutes: float, resume: bool = False):
-    """The TrainConfig the demo trains ``method`` with (also what ``bench/quality.py`` measures)."""
+    """The TrainConfig the demo trains ``method`` with from scratch (also what ``bench/quality.py`` measures)."""
     from training.trainer import TrainConfig
 
     return TrainConfig(data_dir=str(data_dir), method=method, backbone=DEMO_BACKBONE, stem=DEMO_STEM,
@@ -37,10 +71,72 @@ def demo_config(method: str, data_dir: str | Path, out: str | Path, minutes: flo
                        out=str(out), resume=resume)
 
 
+def finetune_config(data_dir: str | Path, out: str | Path, minutes: float, resume: bool = False):
+    """SimCLR from the pretrained encoder's weights: the trainer's fine-tuning defaults (learning rate,
+    augmentation, BatchNorm), the demo's budget and pooling, an input size and batch that fit in memory."""
+    from training.trainer import TrainConfig
+
+    return TrainConfig(data_dir=str(data_dir), method="simclr", init=PRETRAINED_SPEC, pool=DEMO_POOL,
+                       image_size=FINETUNE_IMAGE_SIZE, batch_size=FINETUNE_BATCH, minutes=minutes, out=str(out),
+                       resume=resume)
+
+
 def baseline_specs() -> dict[str, str]:
     """Index name → encoder spec for the two untrained baselines, matched to the trained encoders' input."""
-    return {"demo-pixels": "pixels",
-            "demo-random": f"random:{DEMO_BACKBONE}?size={DEMO_IMAGE_SIZE}&stem={DEMO_STEM}&pool={DEMO_POOL}"}
+    return {PIXELS: "pixels",
+            RANDOM: f"random:{DEMO_BACKBONE}?size={DEMO_IMAGE_SIZE}&stem={DEMO_STEM}&pool={DEMO_POOL}"}
+
+
+@dataclass(frozen=True)
+class Training:
+    """One background training of the demo: its run (and index) name and how its TrainConfig is made."""
+
+    name: str
+    label: str
+    config: Callable[..., object]  # (data_dir, out, minutes, resume) -> TrainConfig
+
+
+@dataclass
+class DemoPlan:
+    """What the demo builds: indexes before the UI opens, trainings behind it, and why a step is left out."""
+
+    indexes: dict[str, str]  # index name -> encoder spec
+    trainings: list[Training]  # in order
+    notes: list[str] = field(default_factory=list)
+
+
+def _pretrained_missing() -> str | None:
+    """Why the pretrained steps cannot run here, or None when they can."""
+    from retrieval import pretrained
+
+    if PRETRAINED_SPEC not in pretrained.available_pretrained():
+        hint = pretrained.install_hint(PRETRAINED_SPEC.partition(":")[2])
+        return f"no pretrained encoder installed, so no {PRETRAINED} or {FINETUNED} index ({hint})"
+    return None
+
+
+def _finetune_missing() -> str | None:
+    from training.settings import SETTINGS
+
+    if not any(s.name == "init" for s in SETTINGS):
+        return f"this trainer cannot start from pretrained weights (no init setting), so no {FINETUNED} index"
+    return None
+
+
+def demo_plan() -> DemoPlan:
+    """The demo's indexes and trainings on this machine (the pretrained ones only where they can be made)."""
+    plan = DemoPlan(baseline_specs(), [])
+    missing = _pretrained_missing()
+    if missing is None:
+        plan.indexes[PRETRAINED] = f"{PRETRAINED_SPEC}?pool={DEMO_POOL}"
+        missing = _finetune_missing()
+        if missing is None:
+            plan.trainings.append(Training(FINETUNED, "demo fine-tune", finetune_config))
+    if missing is not None:
+        plan.notes.append(missing)
+    for method, name in zip(DEMO_METHODS, TRAINED):
+        plan.trainings.append(Training(name, f"demo {method}", lambda *a, m=method, **kw: demo_config(m, *a, **kw)))
+    return plan
 
 
 def _log(msg: str) -> None:
@@ -56,26 +152,31 @@ def ensure_index(ws: Workspace, data: DemoData, name: str, spec: str) -> None:
 
 
 def train_and_index(ws: Workspace, data: DemoData, runs: Path, minutes: float, stop: threading.Event,
-                    jobs=None) -> None:
-    """Train each demo method in turn (skipping finished runs) and index what it produced."""
+                    jobs=None, plan: DemoPlan | None = None) -> None:
+    """Run each training of the plan in turn (skipping finished runs) and index what it produced; a training
+    that fails is logged and the others go on."""
     from training.trainer import train
 
-    for method in DEMO_METHODS:
+    for step in (plan or demo_plan()).trainings:
         if stop.is_set():
             return
-        run = runs / f"demo-{method}"
-        name = f"demo-{method}"
+        run = runs / step.name
         if not _run_done(run):
-            config = demo_config(method, data.collection, run, minutes, resume=(run / STATE).exists())
-            _log(f"training {method} for {minutes:g} min → {run}")
-            if jobs is not None:
-                jobs.run_training(config, label=f"demo {method}", wait=True, stop=stop)
-            else:
-                train(config, progress=False, stop_event=stop)
+            config = step.config(data.collection, run, minutes, resume=(run / STATE).exists())
+            _log(f"training {step.name} for {minutes:g} min → {run}")
+            try:
+                if jobs is not None:
+                    jobs.run_training(config, label=step.label, wait=True, stop=stop)
+                else:
+                    train(config, progress=False, stop_event=stop)
+            except LookalikeError as exc:
+                if stop.is_set():
+                    return
+                _log(f"{step.name}: {exc}; going on with the others")
+                continue
             if stop.is_set():
                 return
-        if not (ws.root / name / "manifest.json").exists():
-            ensure_index(ws, data, name, str(run))
+        ensure_index(ws, data, step.name, str(run))
 
 
 def _run_done(run: Path) -> bool:
@@ -88,17 +189,21 @@ def run_demo(indexes: str = "indexes", data: str = "data/demo", host: str = "127
              auth: str | None = None, allow_dirs: list[str] | None = None) -> None:
     demo = prepare_demo_data(data, log=_log)
     ws = Workspace(indexes)
-    for name, spec in baseline_specs().items():
+    plan = demo_plan()
+    for note in plan.notes:
+        _log(f"note: {note}")
+    for name, spec in plan.indexes.items():
         ensure_index(ws, demo, name, spec)
     stop = threading.Event()
+    background = (lambda jobs=None: train_and_index(ws, demo, Path(runs), minutes or DEMO_MINUTES, stop, jobs, plan))
     if not open_app:
         if train:
-            train_and_index(ws, demo, Path(runs), minutes or DEMO_MINUTES, stop)
-        _log("ready: lookalike app   (or: lookalike search demo-pixels IMAGE)")
+            background()
+        best = OPENING.search_index([m["name"] for m in ws.list()])
+        _log(f"ready: lookalike app   (or: lookalike search {best} IMAGE)")
         return
     from .ui import launch
 
     launch(indexes=indexes, host=host, port=port, examples=demo.example_queries(),
-           train_dirs=[str(demo.collection)], workspace=ws,
-           background=(lambda jobs: train_and_index(ws, demo, Path(runs), minutes or DEMO_MINUTES, stop, jobs))
-           if train else None, on_close=stop.set, auth=auth, allow_dirs=allow_dirs)
+           train_dirs=[str(demo.collection)], workspace=ws, background=background if train else None,
+           on_close=stop.set, auth=auth, allow_dirs=allow_dirs, opening=OPENING)

@@ -28,6 +28,7 @@ import gradio as gr
 from .access import Credentials, FolderRoots, exposed, login, require_login
 from .context import AppContext, Tab
 from .jobs import JobManager
+from .opening import Opening
 from .serving import Serving, allowed_paths, serve
 from .tabs.compare import CompareTab
 from .tabs.explore import ExploreTab
@@ -52,9 +53,10 @@ class LookalikeApp:
 
     def __init__(self, workspace: "Workspace", jobs: JobManager | None = None, examples: list[str] | None = None,
                  train_dirs: list[str] | None = None, runs_dir: str | Path = "runs",
-                 allowed_paths: list[str] | None = None, folders: FolderRoots | None = None):
+                 allowed_paths: list[str] | None = None, folders: FolderRoots | None = None,
+                 opening: Opening | None = None):
         self.ctx = AppContext(workspace, jobs or JobManager(), Serving(allowed_paths), examples or [],
-                              train_dirs or [], runs_dir, folders or FolderRoots(None))
+                              train_dirs or [], runs_dir, folders or FolderRoots(None), opening or Opening())
         self.search = SearchTab(self.ctx)
         self.compare = CompareTab(self.ctx)
         self.train = TrainTab(self.ctx)
@@ -87,9 +89,11 @@ class LookalikeApp:
 
 def build_app(workspace: "Workspace", examples: list[str] | None = None, train_dirs: list[str] | None = None,
               jobs: JobManager | None = None, runs_dir: str | Path = "runs",
-              allowed_paths: list[str] | None = None, folders: FolderRoots | None = None) -> gr.Blocks:
-    """Lay out the five tabs over ``workspace``. Nothing is loaded until a handler runs."""
-    return LookalikeApp(workspace, jobs, examples, train_dirs, runs_dir, allowed_paths, folders).page()
+              allowed_paths: list[str] | None = None, folders: FolderRoots | None = None,
+              opening: Opening | None = None) -> gr.Blocks:
+    """Lay out the five tabs over ``workspace`` (the pickers on the indexes ``opening`` prefers, else the first /
+    all). Nothing is loaded until a handler runs."""
+    return LookalikeApp(workspace, jobs, examples, train_dirs, runs_dir, allowed_paths, folders, opening).page()
 
 
 def launch(indexes: str | Path = "indexes", host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
@@ -97,7 +101,7 @@ def launch(indexes: str | Path = "indexes", host: str = "127.0.0.1", port: int |
            block: bool = True, train_dirs: list[str] | None = None, runs_dir: str | Path = "runs",
            background: Callable[[JobManager], Any] | None = None,
            on_close: Callable[[], Any] | None = None, auth: str | Credentials | None = None,
-           allow_dirs: list[str] | None = None) -> gr.Blocks:
+           allow_dirs: list[str] | None = None, opening: Opening | None = None) -> gr.Blocks:
     """Serve the UI on ``host:port`` (this machine only by default).
 
     Only the collection roots of the indexes that exist now (plus the example images and the thumbnails) may be
@@ -108,8 +112,9 @@ def launch(indexes: str | Path = "indexes", host: str = "127.0.0.1", port: int |
     indexes and ``train_dirs``), as does any server given ``allow_dirs`` (see :mod:`app.access`). Uploads
     are capped at 20 MB. ``background(jobs)``, if given, runs as a job (the demo trains encoders this way);
     ``on_close()`` runs when a blocking server stops (Ctrl-C or SIGTERM), before running jobs are stopped and
-    waited for. With ``block=False`` the server runs in a thread, the returned Blocks has ``local_url``, and the
-    caller closes it with ``demo.close()``.
+    waited for. ``opening`` names the indexes the Search and Compare tabs open on (see
+    :class:`app.opening.Opening`; the demo's: :data:`app.demo.OPENING`). With ``block=False`` the server runs in
+    a thread, the returned Blocks has ``local_url``, and the caller closes it with ``demo.close()``.
     """
     credentials = login(auth) if auth is None or isinstance(auth, str) else list(auth)
     require_login(host, share, credentials)
@@ -122,7 +127,7 @@ def launch(indexes: str | Path = "indexes", host: str = "127.0.0.1", port: int |
     collections = [m["root"] for m in workspace.list()] + list(train_dirs or [])
     folders = FolderRoots.at_launch(allow_dirs, collections, exposed(host, share))
     demo = build_app(workspace, examples=examples, train_dirs=train_dirs, jobs=jobs, runs_dir=runs_dir,
-                     allowed_paths=allowed, folders=folders)
+                     allowed_paths=allowed, folders=folders, opening=opening)
     if background is not None:
         jobs.start("background", "background tasks", lambda job: background(jobs))
     jobs.start("thumbnails", "drop the thumbnails of removed images", lambda job: demo.lookalike.ctx.sweep_thumbnails())

@@ -113,7 +113,7 @@ class CompareTab(Tab):
                     gr.Examples(examples=[[p] for p in self.ctx.examples], inputs=[self.query], label="Examples")
             with gr.Column(scale=2):
                 self.indexes = self.ctx.pickers.add(gr.Dropdown(
-                    names, value=names, multiselect=True, allow_custom_value=True,
+                    names, value=self.ctx.opening.compare_indexes(names), multiselect=True, allow_custom_value=True,
                     label="Indexes (one column each)", elem_id="compare-indexes"))
                 with gr.Row():
                     self.k = gr.Slider(1, 20, value=5, step=1, label="k per index", scale=3)

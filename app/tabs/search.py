@@ -54,8 +54,8 @@ class SearchTab(Tab):
                                       sources=["upload", "webcam", "clipboard"])
                 with gr.Row():
                     self.index = self.ctx.pickers.add(gr.Dropdown(
-                        names, value=names[0] if names else None, label="Index", allow_custom_value=True, scale=4,
-                        elem_id="search-index"))
+                        names, value=self.ctx.opening.search_index(names), label="Index", allow_custom_value=True,
+                        scale=4, elem_id="search-index"))
                     self.reload = gr.Button("↻", scale=0, min_width=40, size="sm")
                 self.k = gr.Slider(1, 50, value=10, step=1, label="k (results)")
                 self.button = gr.Button("Search", variant="primary", elem_id="search-button")
