@@ -294,11 +294,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from retrieval.allocator import tune_allocator
+# the commands that answer without a model (and without torch): tests/test_startup.py
+NO_MODEL = {("index", "list"), ("index", "info"), ("index", "remove")}
 
-    tune_allocator()  # this process and the workers it forks keep their memory pages (retrieval.allocator)
+
+def _runs_a_model(args) -> bool:
+    return (args.command, getattr(args, "index_cmd", None)) not in NO_MODEL
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from retrieval.allocator import reexec_with_tcmalloc, tune_allocator
+
+    if argv is None and _runs_a_model(args):  # the command line itself, about to run a model
+        reexec_with_tcmalloc()  # returns only where tcmalloc is not installed (or is not wanted)
+    tune_allocator()  # this process and the workers it forks keep their memory pages (retrieval.allocator)
     try:
         return args.func(args)
     except LookalikeError as exc:

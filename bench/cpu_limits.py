@@ -15,8 +15,8 @@ fresh child process of this script, so each starts as a real command does (alloc
 * ``job/build``, ``job/train``: the same two through the web UI's job runner (``app.jobs.JobManager``, a thread of
   the app's process), as fractions of the same limits.
 * ``allocators`` (``--allocators``): the pretrained forward under glibc as it comes (``LOOKALIKE_ALLOCATOR=system``),
-  glibc tuned (``retrieval.allocator``, the default), and tcmalloc / jemalloc preloaded where Debian's packages are
-  installed; rounds interleaved, median of rounds.
+  glibc tuned (``=glibc``), and tcmalloc / jemalloc preloaded where Debian's packages are installed (tcmalloc is
+  what the commands start with where it is installed: ``retrieval.allocator``); rounds interleaved, medians.
 * ``startup``: wall seconds of the commands that need no model (``--help``, ``index list``, ``index info``, a bad
   argument), median of runs.
 
@@ -215,7 +215,7 @@ def startup(runs: int, indexes: Path, name: str) -> dict:
 # ------------------------------------------------------------------------------------------------ allocators
 def allocators(rounds: int) -> dict:
     libdir = Path("/usr/lib/x86_64-linux-gnu")
-    variants = {"glibc": {"LOOKALIKE_ALLOCATOR": "system"}, "glibc tuned (default)": {}}
+    variants = {"glibc": {"LOOKALIKE_ALLOCATOR": "system"}, "glibc tuned": {"LOOKALIKE_ALLOCATOR": "glibc"}}
     for label, lib in (("tcmalloc", "libtcmalloc_minimal.so.4"), ("jemalloc", "libjemalloc.so.2")):
         if (libdir / lib).exists():
             variants[label] = {"LD_PRELOAD": str(libdir / lib)}
@@ -268,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:
+    if args.child:  # a Lookalike process as the commands run: tcmalloc where installed (retrieval.allocator)
+        from retrieval.allocator import reexec_with_tcmalloc
+
+        reexec_with_tcmalloc()
         print(json.dumps(child(json.loads(args.child))))
         return 0
     mode_name = "quick" if args.quick else "full"

@@ -3,19 +3,20 @@
 A forward pass allocates and frees the same large activation buffers every batch. glibc's malloc serves every
 block above its mmap threshold (128 KiB to 32 MiB, adaptive) with a fresh ``mmap`` and unmaps it on ``free``, so
 the next batch page-faults all of it in again: on 2 CPU cores a 224 px EfficientNet-Lite0 forward spent more time
-in the kernel than in the model (``bench/cpu_limits.py`` measures it). :func:`tune_allocator` tells glibc to serve
-large blocks from its heap and to keep freed memory, so steady-state batches reuse pages already mapped.
+in the kernel than in the model. Two remedies, measured with ``bench/cpu_limits.py --allocators`` (README,
+Performance):
 
-Measured (``bench/cpu_limits.py --allocators``, numbers in the README): glibc tuned this way ran the same forward
-2-4x faster than glibc as it comes; tcmalloc (Debian's libtcmalloc-minimal4, LD_PRELOAD) was within ~10% of it;
-jemalloc with its default decay was no better than plain glibc. The glibc settings need no extra package, no
-environment set before the process starts, and reach every thread of the process and every DataLoader worker
-forked from it, so they are what Lookalike uses.
+* **tcmalloc** (Debian's ``libtcmalloc-minimal4``), which keeps freed memory in its own caches: the fastest of
+  those measured. It has to be loaded before the process starts (``LD_PRELOAD``), so the ``lookalike`` commands
+  that run a model start themselves again with it when it is installed (:func:`reexec_with_tcmalloc`).
+* **glibc tuned** (:func:`tune_allocator`): large blocks served from the heap, freed memory kept. Less than
+  tcmalloc but well ahead of glibc as it comes, and it needs nothing: it is what every other process that builds a
+  model gets (``retrieval.encoders`` calls it on import), DataLoader workers forked from it included.
 
-Called once per process by everything that runs a model (``retrieval.encoders`` on import, the CLI before it
-parses anything). Harmless elsewhere: without glibc (musl, macOS, Windows), under a preloaded allocator, or with
-``LOOKALIKE_ALLOCATOR=system`` it changes nothing. The price is memory: a process keeps its peak heap until it
-exits (the build of an index or a training run is such a process anyway).
+jemalloc with its default decay was no better than plain glibc. Harmless elsewhere: without glibc (musl, macOS,
+Windows), under a preloaded allocator, or with ``LOOKALIKE_ALLOCATOR=system`` nothing is changed
+(``LOOKALIKE_ALLOCATOR=glibc``: glibc tuned, never tcmalloc). The price is
+memory: a process keeps its peak heap until it exits (an index build or a training run is such a process anyway).
 """
 
 from __future__ import annotations
@@ -23,16 +24,20 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import sys
 
-__all__ = ["tune_allocator", "allocator_state", "ENV"]
+__all__ = ["tune_allocator", "allocator_state", "reexec_with_tcmalloc", "tcmalloc_path", "ENV"]
 
-ENV = "LOOKALIKE_ALLOCATOR"  # "system": leave the allocator as it comes
+ENV = "LOOKALIKE_ALLOCATOR"  # "system": leave the allocator as it comes; "glibc": tune glibc, never tcmalloc
 # mallopt parameter numbers from glibc's <malloc.h>
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 _KEEP = 1 << 30  # free memory kept before the heap's top is given back (1 GiB: in practice, never)
 _TOP_PAD = 64 << 20  # grow the heap in 64 MiB steps instead of one brk per large block
 
 _state: str | None = None
+_TCMALLOC = "libtcmalloc_minimal.so.4"
+_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
+_PRELOADED = ("tcmalloc", "jemalloc", "mimalloc")
 
 
 def allocator_state() -> str:
@@ -48,7 +53,7 @@ def tune_allocator() -> str:
         return _state
     if os.environ.get(ENV, "").strip().lower() == "system":
         _state = "system"
-    elif any(lib in os.environ.get("LD_PRELOAD", "") for lib in ("tcmalloc", "jemalloc", "mimalloc")):
+    elif any(lib in os.environ.get("LD_PRELOAD", "") for lib in _PRELOADED):
         _state = "preloaded"
     else:
         _state = "tuned" if _glibc_mallopt() else "unavailable"
@@ -67,3 +72,29 @@ def _glibc_mallopt() -> bool:
     # mmap off: large blocks come from the heap, where freed memory is reused; the trim threshold keeps it there.
     ok = [mallopt(_M_MMAP_MAX, 0), mallopt(_M_TRIM_THRESHOLD, _KEEP), mallopt(_M_TOP_PAD, _TOP_PAD)]
     return all(v == 1 for v in ok)
+
+
+def tcmalloc_path() -> str | None:
+    """Where Debian's tcmalloc is installed, if it is."""
+    for folder in _LIB_DIRS:
+        path = os.path.join(folder, _TCMALLOC)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def reexec_with_tcmalloc() -> None:
+    """Start this command again with tcmalloc preloaded, when it is installed and nothing says otherwise; returns
+    (doing nothing) where it is not, or when the process already runs under a preloaded allocator. Only for a
+    command's own process, before it has done anything: ``os.execv`` keeps the pid, the open files and the
+    environment, and replaces everything else."""
+    path = tcmalloc_path()
+    preloaded = any(lib in os.environ.get("LD_PRELOAD", "") for lib in _PRELOADED)
+    if (path is None or preloaded or os.environ.get(ENV, "").strip().lower() in ("system", "glibc")
+            or _state is not None or not getattr(sys, "orig_argv", None)):
+        return
+    preload = ":".join(p for p in (path, os.environ.get("LD_PRELOAD", "")) if p)
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "LD_PRELOAD": preload})
+    except OSError:
+        return  # stay as we are: tune_allocator still applies

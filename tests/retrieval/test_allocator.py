@@ -71,3 +71,42 @@ def test_a_preloaded_allocator_is_left_alone(monkeypatch):
     assert allocator.tune_allocator() == "preloaded"
     assert called == []
     assert allocator.tune_allocator() == "preloaded"  # once per process
+
+
+REEXEC = r"""
+import json, os, sys
+sys.path.insert(0, {root!r})
+from retrieval import allocator
+allocator.reexec_with_tcmalloc()  # returns only when it does not start the process again
+print(json.dumps({{"preload": os.environ.get("LD_PRELOAD", ""), "state": allocator.tune_allocator()}}))
+"""
+
+
+def _reexec(**env: str) -> dict:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("LOOKALIKE_ALLOCATOR", "LD_PRELOAD")}
+    full_env.update(env)
+    out = subprocess.run([sys.executable, "-c", REEXEC.format(root=str(ROOT))], capture_output=True, text=True,
+                         env=full_env, timeout=300, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_a_command_starts_again_under_tcmalloc_where_it_is_installed():
+    from retrieval.allocator import tcmalloc_path
+
+    if tcmalloc_path() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("libtcmalloc-minimal4 is not installed (.ci/run installs it)")
+        pytest.skip("Debian's libtcmalloc-minimal4 is not installed")
+    again = _reexec()
+    assert again["preload"].startswith(tcmalloc_path()) and again["state"] == "preloaded"
+    assert _reexec(LOOKALIKE_ALLOCATOR="system") == {"preload": "", "state": "system"}
+    assert _reexec(LOOKALIKE_ALLOCATOR="glibc")["preload"] == ""  # glibc tuned, never tcmalloc
+
+
+def test_the_cli_starts_again_only_for_commands_that_run_a_model():
+    from app.cli import _runs_a_model, build_parser
+
+    parse = build_parser().parse_args
+    assert not _runs_a_model(parse(["index", "list"])) and not _runs_a_model(parse(["index", "info", "x"]))
+    assert _runs_a_model(parse(["index", "build", "d", "--encoder", "pixels", "--name", "x"]))
+    assert _runs_a_model(parse(["search", "x", "q.png"])) and _runs_a_model(parse(["train", "d", "--epochs", "1"]))
