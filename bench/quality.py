@@ -33,7 +33,7 @@ Rerun:  .venv/bin/python bench/quality.py                         # 3 min per tr
         .venv/bin/python bench/quality.py --minutes 5 --runs-dir runs/bench-quality --json
         .venv/bin/python bench/quality.py --methods simclr byol --runs-dir runs/bench-quality
 Prints a markdown table and the goal check (JSON with ``--json``) and always writes ``bench/results/quality.json``
-(figures, settings, machine, date) and ``bench/results/quality.png``. Budgets are wall-clock: other jobs sharing
+(figures, settings, machine, date) and ``bench/results/quality.png`` (``quality_quick.*`` with ``--quick``). Budgets are wall-clock: other jobs sharing
 the CPUs lower the steps every trained row gets, so compare rows from one run on a quiet machine. With
 ``--runs-dir`` finished runs are kept and reused (an interrupted one resumes); by default they go to a temp dir.
 """
@@ -55,7 +55,11 @@ from bench.common import RESULTS, ROOT, pyplot, save_figure, save_result  # noqa
 from retrieval.runformat import META, STATE, WEIGHTS, read_meta, read_metrics  # noqa: E402
 
 NAME = "quality"
-METHODS = ("simclr", "moco", "byol", "simsiam", "barlow")
+from training.methods import METHODS as _REGISTRY  # noqa: E402
+
+# every method of the registry that learns from the collection alone (distill needs a teacher: bench/photos.py)
+METHODS = tuple(m for m in _REGISTRY if not _REGISTRY[m].uses_teacher)
+PRETRAINED = "timm:tf_efficientnet_lite0"  # the pretrained baseline, with both poolings (when the extra is installed)
 PEER_METHODS = ("simclr", "byol")  # lightly's rows
 KNN_CLASS_K = 20  # about one subcategory's size (1,911 images / 99 subcategories)
 COLUMNS = ("recall@1", "recall@10", "map@10", "knn_acc", "knn_acc@20")
@@ -399,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
 
     evaluate("pixels", "pixels", kind="baseline", spec="pixels", train_minutes=0.0, steps=0)
     evaluate(random_spec, random_spec, kind="baseline", spec=random_spec, train_minutes=0.0, steps=0)
+    for pool in ("grid", "avg"):  # the strongest baseline available offline
+        spec = f"{PRETRAINED}?pool={pool}"
+        evaluate(f"pretrained ({pool})", spec, kind="baseline", spec=spec, train_minutes=0.0, steps=0)
     ablation = not args.quick  # the same encoders with global average pooling, to show what pooling contributes
     if ablation:
         avg_spec = random_spec.replace(f"&pool={DEMO_POOL}", "")
@@ -466,9 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                     "map@10": "one relevant item per query", "goal_metrics": list(HEADLINE)},
         "runs_dir": args.runs_dir, "total_seconds": round(time.perf_counter() - t_start, 1),
     }
-    path = save_result(NAME, {"rows": rows, "goal": g}, **settings)
+    path = save_result(NAME + ("_quick" if args.quick else ""), {"rows": rows, "goal": g}, **settings)
     try:
-        plot(rows, RESULTS / f"{NAME}.png",
+        plot(rows, RESULTS / f"{NAME}{'_quick' if args.quick else ''}.png",
              f"cross-vendor emoji retrieval ({data.source}), {minutes:g} min per trained row")
     except Exception as exc:  # noqa: BLE001 - the JSON is what matters
         _log(f"plot failed: {type(exc).__name__}: {exc}")
@@ -481,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows))
         print()
         print(goal_text(g))
-        print(f"\nwritten: {path.relative_to(ROOT)}, {(RESULTS / (NAME + '.png')).relative_to(ROOT)}")
+        print(f"\nwritten: {path.relative_to(ROOT)}, {path.with_suffix('.png').relative_to(ROOT)}")
     return 1 if any("error" in r for r in rows.values()) else 0
 
 

@@ -4,14 +4,17 @@ A forward pass allocates and frees the same large activation buffers every batch
 block above its mmap threshold (128 KiB to 32 MiB, adaptive) with a fresh ``mmap`` and unmaps it on ``free``, so
 the next batch page-faults all of it in again: on 2 CPU cores a 224 px EfficientNet-Lite0 forward spent more time
 in the kernel than in the model. Two remedies, measured with ``bench/cpu_limits.py --allocators`` (README,
-Performance):
+Performance; 224 px Lite0 forward, 2-core AMD EPYC): glibc as it comes 48 images/s, tuned glibc 178, tcmalloc
+156 (176 against 136 on the bare channels-last forward; an earlier interleaved run gave tcmalloc 178-228 against
+105-124, with a fifth of the kernel time): the two are within this machine's run-to-run noise of each other, and
+both are 3-4x glibc as it comes.
 
-* **tcmalloc** (Debian's ``libtcmalloc-minimal4``), which keeps freed memory in its own caches: the fastest of
-  those measured. It has to be loaded before the process starts (``LD_PRELOAD``), so the ``lookalike`` commands
-  that run a model start themselves again with it when it is installed (:func:`reexec_with_tcmalloc`).
-* **glibc tuned** (:func:`tune_allocator`): large blocks served from the heap, freed memory kept. Less than
-  tcmalloc but well ahead of glibc as it comes, and it needs nothing: it is what every other process that builds a
-  model gets (``retrieval.encoders`` calls it on import), DataLoader workers forked from it included.
+* **tcmalloc** (Debian's ``libtcmalloc-minimal4``) keeps freed memory in its own caches. It has to be loaded
+  before the process starts (``LD_PRELOAD``), so the ``lookalike`` commands that run a model start themselves
+  again with it when it is installed (:func:`reexec_with_tcmalloc`).
+* **glibc tuned** (:func:`tune_allocator`): large blocks served from the heap, freed memory kept. It needs
+  nothing, so it is what every other process that builds a model gets (``retrieval.encoders`` calls it on import),
+  DataLoader workers forked from it included, and what the commands get where tcmalloc is not installed.
 
 jemalloc with its default decay was no better than plain glibc. Harmless elsewhere: without glibc (musl, macOS,
 Windows), under a preloaded allocator, or with ``LOOKALIKE_ALLOCATOR=system`` nothing is changed

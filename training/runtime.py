@@ -20,17 +20,17 @@ __all__ = ["cpu_has_native_bf16", "cpu_has_amx", "resolve_precision", "seed_ever
 
 # -- precision ----------------------------------------------------------------------------------------------------
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 instructions at all (AMX tiles or AVX512-BF16)."""
+    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16), where ``precision=auto`` uses bf16.
+
+    Measured (``bench/cpu_limits.py`` children, SimCLR step, 2-core AMD EPYC with AVX512-BF16 and no AMX,
+    2026-12-01, idle): resnet10t at 64 px 388 images/s in bf16 against 261 in fp32 (1.5x); EfficientNet-Lite0 at
+    224 px 19.9 against 24.5 (0.8x: its depthwise convolutions gain nothing and every cast costs). Without either
+    instruction set bf16 is emulated and measured 1.5-3x slower than fp32, so auto keeps fp32 there."""
     return cpu_has_amx() or _probe("_is_avx512_bf16_supported")
 
 
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles, the one kind of CPU where bf16 autocast measured faster than fp32.
-
-    Measured (``bench/cpu_limits.py``, ``step_fp32`` beside the ``auto`` step): without bf16 instructions bf16
-    autocast emulates the arithmetic (1.5-3x slower than fp32 on a Xeon without AMX); with AVX512-BF16 but no AMX
-    (an AMD EPYC, 2026-12-01) it was still slower than fp32 (about 0.65x on a SimCLR step), because only the
-    convolutions gain and every cast around them costs. So ``precision=auto`` picks bf16 on a CPU only with AMX."""
+    """Whether this CPU has AMX tiles."""
     return _probe("_is_amx_tile_supported")
 
 
@@ -47,7 +47,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     if precision == "auto":
         if device.type == "cuda":
             return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
-        return (torch.bfloat16, False) if cpu_has_amx() else (None, False)
+        return (torch.bfloat16, False) if cpu_has_native_bf16() else (None, False)
     if precision == "fp32":
         return None, False
     if precision == "bf16":

@@ -1,4 +1,4 @@
-"""precision=auto on a CPU: bf16 only where it measured faster than fp32 (AMX)."""
+"""precision=auto on a CPU: bf16 where the CPU has bf16 instructions (AMX or AVX512-BF16), else fp32."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import torch
 from training import runtime
 
 
-def test_auto_precision_on_a_cpu_follows_amx(monkeypatch):
+def test_auto_precision_on_a_cpu_follows_the_bf16_instructions(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert runtime.resolve_precision("auto", cpu) == (torch.bfloat16, False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert runtime.resolve_precision("auto", cpu) == (None, False)  # emulated bf16 is slower than fp32
     monkeypatch.setattr(runtime, "cpu_has_amx", lambda: True)
     assert runtime.resolve_precision("auto", cpu) == (torch.bfloat16, False)
-    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: False)
-    # AVX512-BF16 alone is not enough: it measured slower than fp32
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
-    assert runtime.resolve_precision("auto", cpu) == (None, False)
-    assert runtime.resolve_precision("bf16", cpu) == (torch.bfloat16, False)  # asked for, it is given
-    assert runtime.resolve_precision("fp32", cpu) == (None, False)
+    assert runtime.resolve_precision("fp32", cpu) == (None, False)  # asked for, it is given
