@@ -28,7 +28,6 @@ Pooling (``pool``) turns the backbone's feature maps into one vector:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from .errors import CheckpointError, LookalikeError, WeightsUnavailableError
+from .fsutil import sha256_file  # the weights' digest of an identity (also imported from here)
 from .identity import IDENTITY_KEYS, POOLS, STEMS, describe_identity, identity_matches  # noqa: F401 (re-exported)
 from .runformat import META, WEIGHTS, read_run_manifest  # noqa: F401 (read_run_manifest re-exported)
 
@@ -97,14 +97,6 @@ def _first_conv(model: nn.Module) -> nn.Conv2d:
         if isinstance(mod, nn.Conv2d):
             return mod
     raise LookalikeError("backbone has no convolution to adapt for stem='small'")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -266,10 +258,20 @@ def _random_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
                    stem=stem, weights=f"seed:{seed}", pool=pool, device=device)
 
 
+def _packaged_backbone(name: str, stem: str, file: Path) -> nn.Module:
+    """``build_backbone(name, stem)`` holding a package's weights (all of them but the classifier's)."""
+    from .pretrained import packaged_state_dict
+
+    model = build_backbone(name, stem=stem)
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in packaged_state_dict(name, file).items() if k in own}, strict=True)
+    return model
+
+
 def _timm_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
     import timm
 
-    from . import pretrained  # imports this module: imported here, not at the top
+    from . import pretrained  # the packaged weights' table (imports torch, like this module)
 
     name, opts = _parse_options(rest)
     stem = opts.get("stem", "default")
@@ -288,7 +290,7 @@ def _timm_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
         raise WeightsUnavailableError(f"weights file {file!r} does not exist")
     try:
         if Path(file) == pretrained.packaged_file(name):
-            model = pretrained.packaged_backbone(name, stem, file)
+            model = _packaged_backbone(name, stem, file)
         else:
             model = build_backbone(name, stem=stem, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
     except LookalikeError:

@@ -10,6 +10,7 @@ then :func:`publish` them in the order they choose. Leftover temporaries of a ki
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,10 +19,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "now_iso", "temp_path", "is_temp", "write_temp", "publish",
-           "fsync_path", "json_bytes"]
+__all__ = ["sha256_file", "atomic_write_bytes", "atomic_write_json", "now_iso", "temp_path", "is_temp",
+           "write_temp", "publish", "fsync_path", "json_bytes"]
 
 _TEMP = re.compile(r"\.(?P<name>.+)\.tmp-\d+(-\d+)?\Z")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def now_iso() -> str:

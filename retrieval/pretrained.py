@@ -1,4 +1,4 @@
-"""Pretrained weights that are already on this machine, and the starting point they give a trainer.
+"""Pretrained weights that are already on this machine.
 
 ``timm:NAME`` never downloads. It finds the weights, in this order:
 
@@ -10,9 +10,7 @@
 2. timm's own file for NAME in the Hugging Face cache or torch hub's checkpoint folder;
 3. or the file given as ``timm:NAME?file=PATH`` (see :mod:`retrieval.encoders`).
 
-:func:`load_init` turns a pretrained spec or a training run into :class:`InitWeights`: the backbone with its
-weights and what a trainer must keep to use it right (input size, normalisation, interpolation, stem, pooling and
-the weights' identity).
+:func:`retrieval.init_weights.load_init` turns such a spec, or a training run, into what a trainer starts from.
 """
 
 from __future__ import annotations
@@ -20,14 +18,12 @@ from __future__ import annotations
 import importlib.machinery
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from .encoders import Encoder, build_backbone, load_encoder, sha256_file
 from .errors import LookalikeError, WeightsUnavailableError
+from .fsutil import sha256_file
 
 # timm model name -> the package (import name) that ships its ImageNet-1k weights as a state-dict file.
 PACKAGED: dict[str, str] = {
@@ -133,51 +129,6 @@ def packaged_state_dict(name: str, file: Path | None = None) -> dict[str, torch.
     return map_by_order(source, target, str(file))
 
 
-def packaged_backbone(name: str, stem: str, file: Path) -> nn.Module:
-    """``build_backbone(name, stem)`` holding the packaged weights (all of them but the classifier's)."""
-    model = build_backbone(name, stem=stem)
-    own = model.state_dict()
-    state = packaged_state_dict(name, file)
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
-    return model
-
-
 def available_pretrained() -> list[str]:
     """Specs of the packaged pretrained encoders installed here, e.g. ``['timm:tf_efficientnet_lite0']``."""
     return [f"timm:{name}" for name in PACKAGED if packaged_file(name) is not None]
-
-
-@dataclass(frozen=True)
-class InitWeights:
-    """A backbone to start training from, and what keeps it used the way its weights expect."""
-
-    spec: str                            # where it came from (a pretrained spec or a run directory)
-    backbone: str                        # timm model name; build_backbone(backbone, stem=stem) fits `model`'s state
-    model: nn.Module                     # that backbone (num_classes=0) with the weights, CPU, train mode, grads on
-    image_size: int                      # input pixels the weights were made for (the spec's ?size= if it gave one)
-    mean: tuple[float, float, float]     # normalisation of its inputs
-    std: tuple[float, float, float]
-    interpolation: str                   # resize filter of its eval preprocessing ("bicubic", "bilinear")
-    stem: str
-    pool: str
-    dim: int                             # width of the pooled embedding
-    identity: dict                       # encoder identity; identity["weights"] is the weights' digest
-
-    @property
-    def weights(self) -> str:
-        return self.identity["weights"]
-
-    @classmethod
-    def from_encoder(cls, enc: Encoder) -> "InitWeights":
-        if enc.kind not in ("timm", "run"):
-            raise LookalikeError(f"{enc.spec!r} has no trained weights to start from: give a pretrained spec "
-                                 "(timm:NAME, e.g. timm:tf_efficientnet_lite0) or a training run directory")
-        model = enc.model.train().requires_grad_(True)
-        return cls(enc.spec, enc.backbone, model, enc.image_size, tuple(enc.mean), tuple(enc.std),
-                   enc.interpolation, enc.stem, enc.pool, enc.dim, enc.identity)
-
-
-def load_init(spec: str) -> InitWeights:
-    """The weights a spec names, ready to fine-tune or to teach from. Raises LookalikeError for ``pixels`` and
-    ``random:`` specs (nothing to start from) and whatever :func:`load_encoder` raises for the spec."""
-    return InitWeights.from_encoder(load_encoder(spec))

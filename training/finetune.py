@@ -39,8 +39,8 @@ class Sources:
     """The weights a run starts from and the teacher it learns from (either may be None), and their identities
     as the run records them (``encoder.json``'s ``init`` / ``teacher``, kept in ``state.pt`` for a resume)."""
 
-    init: Any = None  # retrieval.pretrained.InitWeights, only for a new run
-    teacher: Any = None  # retrieval.pretrained.InitWeights
+    init: Any = None  # retrieval.init_weights.InitWeights, only for a new run
+    teacher: Any = None  # retrieval.init_weights.InitWeights
     record: dict[str, dict] = field(default_factory=dict)
 
     def view_size(self, image_size: int) -> int:
@@ -127,7 +127,7 @@ def _finetune_lr(cfg: TrainConfig) -> None:
 def _load(flag: str, spec: str):
     from pathlib import Path
 
-    from retrieval.pretrained import load_init
+    from retrieval.init_weights import load_init
 
     if not spec.startswith("timm:") and not Path(spec.partition("?")[0]).expanduser().is_dir():
         raise LookalikeError(f"--{flag} {spec}: no such training run directory (give a run's folder or a "

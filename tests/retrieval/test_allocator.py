@@ -38,12 +38,17 @@ print(json.dumps({{"state": allocator_state(), "mmapped_while_held": held}}))
 """
 
 
-def _probe(**env: str) -> dict:
+def _run(script: str, **env: str) -> dict:
+    """Run ``script`` in a fresh Python with no allocator settings inherited but ``env``; its last line's JSON."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("LOOKALIKE_ALLOCATOR", "LD_PRELOAD")}
     full_env.update(env)
-    out = subprocess.run([sys.executable, "-c", PROBE.format(root=str(ROOT))], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", script.format(root=str(ROOT))], capture_output=True, text=True,
                          env=full_env, timeout=300, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def _probe(**env: str) -> dict:
+    return _run(PROBE, **env)
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's; elsewhere nothing is changed")
@@ -83,11 +88,7 @@ print(json.dumps({{"preload": os.environ.get("LD_PRELOAD", ""), "state": allocat
 
 
 def _reexec(**env: str) -> dict:
-    full_env = {k: v for k, v in os.environ.items() if k not in ("LOOKALIKE_ALLOCATOR", "LD_PRELOAD")}
-    full_env.update(env)
-    out = subprocess.run([sys.executable, "-c", REEXEC.format(root=str(ROOT))], capture_output=True, text=True,
-                         env=full_env, timeout=300, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return _run(REEXEC, **env)
 
 
 def test_a_command_starts_again_under_tcmalloc_where_it_is_installed():

@@ -23,7 +23,8 @@ from bench.tuxpaint import STAMPS, composite_on_white
 from retrieval import pretrained
 from retrieval.encoders import identity_matches, load_encoder, sha256_file
 from retrieval.errors import LookalikeError, WeightsUnavailableError
-from retrieval.pretrained import PACKAGED, load_init, map_by_order, packaged_file, packaged_state_dict
+from retrieval.init_weights import load_init
+from retrieval.pretrained import PACKAGED, map_by_order, packaged_file, packaged_state_dict
 from tests.retrieval.test_encoder_safety import write_run
 
 LITE0 = "tf_efficientnet_lite0"

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from retrieval.encoders import build_backbone, feature_dim, load_encoder, sha256_file
 from retrieval.errors import LookalikeError
-from retrieval.pretrained import load_init
+from retrieval.init_weights import load_init
 from retrieval.workspace import Workspace
 from tests.retrieval.test_encoder_safety import write_run
 from training.checkpoint import load_state

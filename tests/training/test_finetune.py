@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from retrieval.encoders import load_encoder
 from retrieval.errors import LookalikeError
-from retrieval.pretrained import load_init
+from retrieval.init_weights import load_init
 from tests.retrieval.test_encoder_safety import write_run
 from tests.retrieval.test_pretrained import LITE0, weights_of
 from training.distributed import Distributed

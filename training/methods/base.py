@@ -103,7 +103,7 @@ class SSLMethod(nn.Module):
     #: ("simclr": the same pipeline for both views; "byol": BYOL's asymmetric blur and solarize).
     views: ClassVar[str] = "simclr"
     #: whether the method learns from a frozen teacher (``--teacher``); the trainer then passes ``teacher=``
-    #: (:class:`retrieval.pretrained.InitWeights`) and the views' ``mean``/``std`` to the constructor.
+    #: (:class:`retrieval.init_weights.InitWeights`) and the views' ``mean``/``std`` to the constructor.
     uses_teacher: ClassVar[bool] = False
     #: paper defaults (scaled down where noted for CPU); every key may be overridden as a keyword argument.
     default_hparams: ClassVar[dict[str, Any]] = {}

@@ -8,7 +8,7 @@ augmented views of the collection, without labels.
            + relational * mean((S S^T - T T^T)^2) over the batch (how the images relate to each other)
 
 Both views of each image are embedded (the two-view loader gives them; twice the teacher's work, twice the
-signal). The teacher is the trainer's to load (``--teacher SPEC``, :class:`retrieval.pretrained.InitWeights`); it is
+signal). The teacher is the trainer's to load (``--teacher SPEC``, :class:`retrieval.init_weights.InitWeights`); it is
 held outside the module tree: not in ``state_dict()`` (the run records its spec and digest instead), not among
 the parameters (so not in the optimiser nor in DDP's reducer), never switched to train mode; ``.to()`` moves it
 with the student. The trainer makes the views at the larger of the two input sizes (``Sources.view_size``), so a
