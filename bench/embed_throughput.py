@@ -185,12 +185,13 @@ class _PipelineBefore:
 
 
 class _EmbedSpy:
-    """Wraps ``retrieval.workspace.embed_collection`` to keep its EmbedResult (forward threads); changes nothing."""
+    """Wraps ``retrieval.embed.embed_collection`` (the workspace imports it at each call) to keep its EmbedResult
+    (forward threads); changes nothing."""
 
     def __init__(self):
-        import retrieval.workspace as workspace
+        import retrieval.embed as embed
 
-        self.module, self.real, self.results = workspace, workspace.embed_collection, []
+        self.module, self.real, self.results = embed, embed.embed_collection, []
 
     def __call__(self, *args, **kwargs):
         result = self.real(*args, **kwargs)
