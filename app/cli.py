@@ -304,11 +304,12 @@ def _runs_a_model(args) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from retrieval.allocator import reexec_with_tcmalloc, tune_allocator
-
     if argv is None and _runs_a_model(args):  # the command line itself, about to run a model
-        reexec_with_tcmalloc()  # returns only where tcmalloc is not installed (or is not wanted)
-    tune_allocator()  # this process and the workers it forks keep their memory pages (retrieval.allocator)
+        from retrieval.allocator import reexec_with_tcmalloc
+
+        # returns only where tcmalloc is not installed (or not wanted); glibc is then tuned by retrieval.encoders
+        # on import, before any model is built
+        reexec_with_tcmalloc()
     try:
         return args.func(args)
     except LookalikeError as exc:

@@ -113,15 +113,17 @@ def _step(case: dict, method_name: str, steps: int, precision: str = "auto") -> 
 
     from retrieval.encoders import build_backbone, feature_dim
     from training.methods import build_method
+    from training.optim import default_lr, default_weight_decay, make_optimizer
     from training.trainer import resolve_precision
 
     backbone = build_backbone(case["backbone"])
     method = build_method(method_name, backbone, feature_dim(backbone))
     method.to(memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(method.param_groups(1e-4) if hasattr(method, "param_groups") else method.parameters(),
-                            lr=1e-4, fused=True)
-    amp, _ = resolve_precision(precision, torch.device("cpu"))
     b, s = case["train_batch"], case["image_size"]
+    # the trainer's own optimiser (fused AdamW), learning rate and weight decay
+    opt = make_optimizer("adamw", method.param_groups(default_weight_decay("adamw", method)),
+                         default_lr("adamw", b, method))
+    amp, _ = resolve_precision(precision, torch.device("cpu"))
     x1 = torch.randn(b, 3, s, s).contiguous(memory_format=torch.channels_last)
     x2 = torch.randn(b, 3, s, s).contiguous(memory_format=torch.channels_last)
 
