@@ -9,10 +9,10 @@ config built in code was given), saved with the run, so that ``--resume`` compar
 
 from __future__ import annotations
 
-from .settings import TrainConfig
+from .settings import SETTINGS, TrainConfig
 
 __all__ = ["TrainConfig", "FIXED_ON_RESUME"]
 
-# Settings that define what is being trained; a resumed run keeps the ones it was started with.
-FIXED_ON_RESUME = ("method", "backbone", "stem", "image_size", "batch_size", "optimizer", "seed", "hparams",
-                   "augment", "warmup_epochs", "init", "teacher", "batchnorm")
+# What defines what is being trained (the settings marked ``fixed``, and the method's and augmentation's own
+# settings): a resumed run keeps the ones it was started with.
+FIXED_ON_RESUME = (*(s.name for s in SETTINGS if s.fixed), "hparams", "augment")

@@ -57,7 +57,7 @@ class Sources:
 def uses_teacher(method: str) -> bool:
     from .methods import get_method
 
-    return bool(getattr(get_method(method), "uses_teacher", False))
+    return get_method(method).uses_teacher
 
 
 def resolve_sources(cfg: TrainConfig, state: dict | None = None) -> tuple[TrainConfig, Sources]:

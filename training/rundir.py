@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import LookalikeError
-from retrieval.fsutil import atomic_write_bytes, now_iso
+from retrieval.fsutil import atomic_write_bytes, now_iso, sha256_file
 from retrieval.runformat import FORMAT_VERSION, META, METRICS, STATE, WEIGHTS, read_meta
 
 from .checkpoint import load_state, remove_temporaries
@@ -19,6 +19,8 @@ from .config import FIXED_ON_RESUME, TrainConfig
 from .distributed import Distributed
 
 __all__ = ["open_run", "prepare_run_dir", "weights_match", "append_metrics", "encoder_meta"]
+
+RUNS = Path("runs")  # where a run goes without --out
 
 
 def open_run(cfg: TrainConfig, ddp: Distributed) -> tuple[Path, dict | None, TrainConfig]:
@@ -31,8 +33,7 @@ def open_run(cfg: TrainConfig, ddp: Distributed) -> tuple[Path, dict | None, Tra
     if cfg.out:
         run = Path(cfg.out)
     else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run = Path("runs") / f"{cfg.method}-{cfg.backbone.replace('/', '_')}-{stamp}"
+        run = RUNS / (_run_prefix(cfg) + datetime.now().strftime("%Y%m%d-%H%M%S"))
         run = Path(ddp.broadcast_object(str(run)))
     if (run / STATE).exists() or (run / META).exists():
         raise LookalikeError(f"{run} already holds a training run; pass --resume to continue it, or choose "
@@ -78,7 +79,6 @@ def prepare_run_dir(run: Path, state: dict | None, ddp: Distributed) -> None:
 
 def weights_match(run_dir: Path, state: dict) -> bool:
     """Whether the weights on disk are those of ``state`` (not so when a write was cut short after state.pt)."""
-    from retrieval.encoders import sha256_file
 
     meta = read_meta(run_dir) or {}
     weights = run_dir / WEIGHTS
@@ -119,10 +119,14 @@ def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _run_prefix(cfg: TrainConfig) -> str:
+    """How a run without --out is named under RUNS (then a time stamp), and how --resume without --out finds it."""
+    return f"{cfg.method}-{cfg.backbone.replace('/', '_')}-"
+
+
 def _latest_run(cfg: TrainConfig) -> Path:
-    prefix = f"{cfg.method}-{cfg.backbone.replace('/', '_')}-"
-    runs = Path("runs")
-    found = sorted((p for p in runs.glob(prefix + "*") if (p / STATE).is_file()),
+    runs = RUNS
+    found = sorted((p for p in runs.glob(_run_prefix(cfg) + "*") if (p / STATE).is_file()),
                    key=lambda p: (p / STATE).stat().st_mtime) if runs.is_dir() else []
     if not found:
         raise LookalikeError(f"no earlier {cfg.method} run of {cfg.backbone} under {runs}/ to resume; give its "

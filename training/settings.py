@@ -95,6 +95,7 @@ class Setting:
     flag: str = ""
     valid: Callable[[Any], bool] | None = None
     rule: str = ""
+    fixed: bool = False  # defines what is trained: a resumed run keeps the value it was started with
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -104,28 +105,28 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("method", str, "simclr", "self-supervised method", choices=_method_names, ui=True),
+    Setting("method", str, "simclr", "self-supervised method", choices=_method_names, ui=True, fixed=True),
     Setting("backbone", str, DEFAULT_BACKBONE, "any timm model name", ui=True, label="Backbone (timm name)",
-            valid=bool, rule="a timm model name, e.g. resnet10t"),
+            valid=bool, rule="a timm model name, e.g. resnet10t", fixed=True),
     Setting("init", str, None, "weights to start from: a pretrained spec (timm:NAME, e.g. timm:tf_efficientnet_lite0 "
             "from the 'pretrained' extra) or an earlier run directory; sets the backbone, image size and "
             "normalisation (default: random weights)", ui=True, label="Start from (pretrained spec or run)",
-            valid=_is_weights_spec, rule=_WEIGHTS_RULE),
+            valid=_is_weights_spec, rule=_WEIGHTS_RULE, fixed=True),
     Setting("teacher", str, None, "the encoder --method distill learns from (a pretrained spec or a run directory); "
             f"without --backbone/--init the student is its architecture and weights at {STUDENT_SIZE:g}x its image "
             "size",
-            ui=True, label="Teacher (distill)", valid=_is_weights_spec, rule=_WEIGHTS_RULE),
+            ui=True, label="Teacher (distill)", valid=_is_weights_spec, rule=_WEIGHTS_RULE, fixed=True),
     Setting("image_size", int, 64, "side of the training (and later index) images in pixels (with --init: the "
             "init's own size)", ui=True,
-            valid=lambda v: 16 <= v <= 1024, rule="an integer from 16 to 1024"),
+            valid=lambda v: 16 <= v <= 1024, rule="an integer from 16 to 1024", fixed=True),
     Setting("batch_size", int, 128, "global batch (split among torchrun processes)", ui=True,
-            valid=lambda v: v >= 2, rule="an integer >= 2 (contrastive losses and BatchNorm need pairs)"),
+            valid=lambda v: v >= 2, rule="an integer >= 2 (contrastive losses and BatchNorm need pairs)", fixed=True),
     Setting("epochs", int, None, "passes over the folder (with --minutes: whichever ends first)",
             valid=lambda v: v >= 1, rule="a whole number >= 1"),
     Setting("minutes", float, None, "time budget", ui=True, label="Minutes budget",
             valid=lambda v: v > 0, rule="a positive number"),
     Setting("stem", str, DEFAULT_STEM, "small: no early downsampling (more detail, ~3x the compute)",
-            choices=STEMS, ui=True),
+            choices=STEMS, ui=True, fixed=True),
     Setting("pool", str, "avg", "how the run's index vectors are pooled: avg (global) or grid (4x4 layout; best "
             "for aligned images such as icons and scans)", choices=POOLS),
     Setting("lr", float, None, "base learning rate (default: the method's suggestion, scaled with the batch; "
@@ -135,13 +136,13 @@ SETTINGS: tuple[Setting, ...] = (
             "optimiser's)", valid=lambda v: v >= 0, rule=">= 0"),
     Setting("batchnorm", str, "auto", "BatchNorm statistics: batch (re-estimated from each batch), frozen (the "
             "starting weights' running statistics, eval-mode BN) or auto (frozen with --init, else batch)",
-            choices=BATCHNORM),
+            choices=BATCHNORM, fixed=True),
     Setting("optimizer", str, "adamw", "optimiser (lars: SGD with layer-wise trust ratios, for large batches)",
-            choices=OPTIMIZERS),
+            choices=OPTIMIZERS, fixed=True),
     Setting("warmup_epochs", float, 1.0, "epochs of linear warm-up (never more than a tenth of the run)",
-            valid=lambda v: v >= 0, rule=">= 0"),
+            valid=lambda v: v >= 0, rule=">= 0", fixed=True),
     Setting("seed", int, 0, "seed of the views, the batch order and the initial weights",
-            valid=lambda v: v >= 0, rule="a non-negative integer"),
+            valid=lambda v: v >= 0, rule="a non-negative integer", fixed=True),
     Setting("out", str, None, "run directory (default runs/METHOD-BACKBONE-TIME)"),
     Setting("resume", bool, False, "continue the run in --out where it stopped"),
     Setting("val_dir", str, None, "labelled folder for a kNN monitor each epoch", flag="--val",

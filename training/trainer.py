@@ -79,6 +79,11 @@ class TrainingDivergedError(LookalikeError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint was kept."""
 
 
+def memory_format(cfg: TrainConfig) -> torch.memory_format:
+    """The model's and the batches' memory layout (channels-last unless ``--no-channels-last``)."""
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
 @dataclass
 class Run:
     """What a run is made of; set up once by :func:`_setup`, never changed by the loop."""
@@ -119,7 +124,7 @@ class Run:
 
     @property
     def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        return memory_format(self.cfg)
 
     def progress_at(self, step: int, elapsed: float) -> float:
         """The run's progress in [0, 1]: steps done of the epochs, or time spent of the budget, whichever is more."""
@@ -398,8 +403,7 @@ def _build_method(cfg: TrainConfig, ddp: Distributed, sources: Sources, views) -
         frozen = frozen_layers(method)
         method = sync_batchnorm(method, ddp.device)
         freeze_layers(method, frozen)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    method.to(device=ddp.device, memory_format=memory_format).train()
+    method.to(device=ddp.device, memory_format=memory_format(cfg)).train()
     return method, int(dim)
 
 

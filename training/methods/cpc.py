@@ -63,8 +63,6 @@ class CPC(SSLMethod):
     needs_sync_bn = True
     default_hparams = {"grid": 4, "steps": 2, "dim": 128, "context_layers": 3, "temperature": 0.1,
                        "jitter": 0.4, "gray_p": 0.3}
-    default_lr = 1e-3
-    default_weight_decay = 1e-4
 
     def __init__(self, backbone: nn.Module, feat_dim: int, **hparams):
         super().__init__(backbone, feat_dim, **hparams)

@@ -42,8 +42,6 @@ class Distill(SSLMethod):
     needs_sync_bn = False  # a per-image regression: nothing compares images across the batch's BN statistics
     uses_teacher = True
     default_hparams = {"relational": 1.0}
-    default_lr = 1e-3
-    default_weight_decay = 1e-4
 
     def __init__(self, backbone: nn.Module, feat_dim: int, teacher: Any = None,
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,

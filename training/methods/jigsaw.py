@@ -88,8 +88,6 @@ class Jigsaw(SSLMethod):
     needs_sync_bn = False
     default_hparams = {"num_permutations": 100, "tile_frac": 64 / 75, "tile_dim": 256, "hidden_dim": 1024,
                        "jitter": 0.4, "gray_p": 0.3, "permutation_seed": 0}
-    default_lr = 1e-3
-    default_weight_decay = 1e-4
 
     def __init__(self, backbone: nn.Module, feat_dim: int, **hparams):
         super().__init__(backbone, feat_dim, **hparams)

@@ -50,8 +50,6 @@ class _PairwiseMethod(SSLMethod):
 
     needs_sync_bn = True
     loss_fn: ClassVar[Any]
-    default_lr = 1e-3
-    default_weight_decay = 1e-4
 
     def __init__(self, backbone: nn.Module, feat_dim: int, **hparams):
         super().__init__(backbone, feat_dim, **hparams)

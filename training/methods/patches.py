@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from ..photometric import luma
+
 __all__ = ["grid_patches", "jitter_patches"]
-
-_GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma weights, as in training.augment
-
 
 def grid_patches(x: torch.Tensor, grid: int, patch: int, stride: int, max_offset: int = 0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -61,8 +60,7 @@ def jitter_patches(patches: torch.Tensor, strength: float = 0.4, gray_p: float =
     shift = strength * (2.0 * u[:, c:2 * c] - 1.0)
     x = x * gain.view(t, c, 1, 1) + shift.view(t, c, 1, 1)
     if c == 3 and gray_p > 0:
-        w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        grey = (x * w).sum(dim=1, keepdim=True).expand_as(x)
+        grey = luma(x).expand_as(x)
         x = torch.where((u[:, -1] < gray_p).view(t, 1, 1, 1), grey, x)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     std = x.std(dim=(1, 2, 3), keepdim=True, unbiased=False)

@@ -53,8 +53,6 @@ class RotNet(SSLMethod):
     name = "rotnet"
     needs_sync_bn = False
     default_hparams = {"hidden_dim": None, "all_rotations": False}  # hidden_dim None -> feat_dim
-    default_lr = 1e-3
-    default_weight_decay = 1e-4
 
     def __init__(self, backbone: nn.Module, feat_dim: int, **hparams):
         super().__init__(backbone, feat_dim, **hparams)
