@@ -20,6 +20,7 @@ from typing import Callable
 
 from retrieval.errors import LookalikeError
 from retrieval.runformat import STATE, read_meta
+from retrieval.store_files import MANIFEST
 from retrieval.workspace import Workspace
 
 from .opening import Opening
@@ -144,7 +145,7 @@ def _log(msg: str) -> None:
 
 
 def ensure_index(ws: Workspace, data: DemoData, name: str, spec: str) -> None:
-    if (ws.root / name / "manifest.json").exists():
+    if (ws.root / name / MANIFEST).exists():
         return
     _log(f"building index {name} with {spec} …")
     report = ws.build(data.collection, spec, name, progress=True)

@@ -54,13 +54,23 @@ def tune_allocator() -> str:
     global _state
     if _state is not None:
         return _state
-    if os.environ.get(ENV, "").strip().lower() == "system":
+    if _asked() == "system":
         _state = "system"
-    elif any(lib in os.environ.get("LD_PRELOAD", "") for lib in _PRELOADED):
+    elif _preloaded():
         _state = "preloaded"
     else:
         _state = "tuned" if _glibc_mallopt() else "unavailable"
     return _state
+
+
+def _asked() -> str:
+    """What the environment asks for (``LOOKALIKE_ALLOCATOR``): "", "system" or "glibc"."""
+    return os.environ.get(ENV, "").strip().lower()
+
+
+def _preloaded() -> bool:
+    """Whether another allocator is already in ``LD_PRELOAD``."""
+    return any(lib in os.environ.get("LD_PRELOAD", "") for lib in _PRELOADED)
 
 
 def _glibc_mallopt() -> bool:
@@ -92,9 +102,8 @@ def reexec_with_tcmalloc() -> None:
     command's own process, before it has done anything: ``os.execv`` keeps the pid, the open files and the
     environment, and replaces everything else."""
     path = tcmalloc_path()
-    preloaded = any(lib in os.environ.get("LD_PRELOAD", "") for lib in _PRELOADED)
-    if (path is None or preloaded or os.environ.get(ENV, "").strip().lower() in ("system", "glibc")
-            or _state is not None or not getattr(sys, "orig_argv", None)):
+    if (path is None or _preloaded() or _asked() in ("system", "glibc") or _state is not None
+            or not getattr(sys, "orig_argv", None)):
         return
     preload = ":".join(p for p in (path, os.environ.get("LD_PRELOAD", "")) if p)
     try:

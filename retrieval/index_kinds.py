@@ -141,7 +141,7 @@ def is_type(name: object) -> bool:
 def check_type(name: str) -> str:
     """``name`` if it is an index type one may ask for, else a LookalikeError listing them."""
     if not is_type(name):
-        raise LookalikeError(f"unknown index type {name!r}; choose one of {', '.join((AUTO, *KINDS))}")
+        raise LookalikeError(f"unknown index type {name!r}; choose one of {', '.join(INDEX_TYPES)}")
     return name
 
 

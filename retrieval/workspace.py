@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .errors import LookalikeError
-from .identity import identity_matches, mismatch_error
 from .store_files import MANIFEST, describe_from_disk, list_indexes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,10 +91,8 @@ class Workspace:
 
     def encoder_for(self, store: IndexStore, spec: str | None = None) -> Encoder:
         """The encoder an index was built with (or ``spec``, which must match it)."""
-        built = store.manifest["encoder"]
-        encoder = self.encoder(spec or built["spec"])
-        if not identity_matches(encoder.identity, built):
-            raise mismatch_error(store.name, built, encoder.identity)
+        encoder = self.encoder(spec or store.manifest["encoder"]["spec"])
+        store.check_encoder(encoder.identity)
         return encoder
 
     def list(self) -> list[dict]:
