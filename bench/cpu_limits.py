@@ -197,7 +197,9 @@ def train_command(case: dict, method: str, folder: Path, out: Path, epochs: int)
     _, proc = time_command([*LOOKALIKE, "train", str(folder), "--method", method, "--backbone", case["backbone"],
                             "--batch-size", str(case["train_batch"]), "--epochs", str(epochs), "--out", str(out),
                             "--log-every", "2", *case["train_args"]])
-    rates = [json.loads(line).get("images_per_s") for line in (out / "metrics.jsonl").read_text().splitlines()]
+    from retrieval.runformat import read_metrics
+
+    rates = [r.get("images_per_s") for r in read_metrics(out)]
     return {"ips": _steady([r for r in rates if r])}
 
 

@@ -38,10 +38,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.demo import PRETRAINED_SPEC as PRETRAINED  # noqa: E402 (the pretrained encoder the demo uses)
 from bench.common import ROOT, save_result  # noqa: E402
 from retrieval.errors import LookalikeError  # noqa: E402
 
-PRETRAINED = "timm:tf_efficientnet_lite0"
 GROUPS = ("baselines", "scratch", "pretrained", "distill", "lightly")
 QUICK_MINUTES = 0.25
 FULL_MINUTES = 3.0
@@ -69,10 +69,10 @@ def _log(msg: str) -> None:
 
 
 def trainable_methods() -> list[str]:
-    """The registry's methods that train without a teacher."""
+    """The registry's methods that train without a teacher (distill's rows are built apart)."""
     from training.methods import METHODS
 
-    return [m for m in METHODS if m != "distill"]
+    return [m for m in METHODS if not METHODS[m].uses_teacher]
 
 
 def plan(groups, methods, pretrained: str = PRETRAINED, teacher: str | None = None) -> list[Row]:
@@ -290,10 +290,11 @@ def run_benchmark(name: str, args, evaluate: Callable, train_dir: Callable[[], P
     import torch
 
     minutes = minutes_of(args)
-    methods = args.methods or trainable_methods()
-    unknown = [m for m in methods if m not in trainable_methods()]
+    known = trainable_methods()
+    methods = args.methods or known
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise SystemExit(f"unknown --methods {' '.join(unknown)}: choose from {' '.join(trainable_methods())}")
+        raise SystemExit(f"unknown --methods {' '.join(unknown)}: choose from {' '.join(known)}")
     rows = plan(args.groups, methods, args.pretrained, args.teacher)
     t0 = time.perf_counter()
     tmp = None

@@ -55,11 +55,11 @@ from bench.common import RESULTS, ROOT, pyplot, save_figure, save_result  # noqa
 from retrieval.runformat import META, STATE, WEIGHTS, read_meta, read_metrics  # noqa: E402
 
 NAME = "quality"
-from training.methods import METHODS as _REGISTRY  # noqa: E402
+from bench.photos import PRETRAINED, trainable_methods  # noqa: E402
 
-# every method of the registry that learns from the collection alone (distill needs a teacher: bench/photos.py)
-METHODS = tuple(m for m in _REGISTRY if not _REGISTRY[m].uses_teacher)
-PRETRAINED = "timm:tf_efficientnet_lite0"  # the pretrained baseline, with both poolings (when the extra is installed)
+# every method of the registry that learns from the collection alone (distill needs a teacher: bench/photos.py);
+# PRETRAINED, the strongest baseline, gets a row with each pooling (when the extra is installed)
+METHODS = tuple(trainable_methods())
 PEER_METHODS = ("simclr", "byol")  # lightly's rows
 KNN_CLASS_K = 20  # about one subcategory's size (1,911 images / 99 subcategories)
 COLUMNS = ("recall@1", "recall@10", "map@10", "knn_acc", "knn_acc@20")
