@@ -267,7 +267,7 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
                   stem: str = "default", image_size: int = 64, batch_size: int = 128, minutes: float | None = None,
                   steps: int | None = None, seed: int = 0, workers: int | None = None, progress: bool = False,
                   pool: str = "avg", augment: dict | None = None, channels_last: bool = False,
-                  on_step: Callable[[dict], Any] | None = None) -> Path:
+                  init: str | None = None, on_step: Callable[[dict], Any] | None = None) -> Path:
     """Train ``method`` ("simclr", "moco" or "byol") with lightly's building blocks on the images under
     ``data_dir`` for ``minutes`` of wall-clock time and/or ``steps`` optimiser steps (whichever ends first);
     returns ``out``, a run directory that :func:`retrieval.encoders.load_encoder` loads like one of ours.
@@ -279,6 +279,11 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
     plain ``torch.optim.AdamW``, as in lightly's examples. ``on_step`` receives, after every optimiser step,
     ``{"step", "time", "wait_s", "compute_s", "loss"}`` (``time`` since the loop started; ``wait_s`` spent waiting for the batch; ``compute_s`` in forward, backward, optimiser and momentum update;
     reading ``loss`` synchronises, as it does in our trainer).
+
+    ``init`` (a pretrained spec or a run directory) starts from those weights exactly as our trainer's ``--init``
+    does (:mod:`training.finetune`): the init's backbone, stem, pooling, input size (``image_size`` is ignored),
+    normalisation and resize filter, and the fine-tuning defaults (``FINETUNE_DEFAULTS``: augmentation, learning
+    rate scale, BatchNorm statistics frozen), so that a comparison from the same start differs only in the pipeline.
     """
     from retrieval.collection import scan
     from retrieval.encoders import POOLS, build_backbone
@@ -310,6 +315,16 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
     paths = [it.path for it in collection.items]
     if len(paths) < batch_size:
         raise LookalikeError(f"{collection.root} has {len(paths)} usable images, fewer than one batch of {batch_size}")
+    source, lr_scale = None, 1.0
+    if init is not None:
+        from retrieval.init_weights import load_init
+        from training.settings import FINETUNE_DEFAULTS
+
+        source = load_init(init)
+        backbone, stem, pool, image_size = source.backbone, source.stem, source.pool, source.image_size
+        augment = {"mean": tuple(source.mean), "std": tuple(source.std), **FINETUNE_DEFAULTS["augment"],
+                   **(augment or {})}
+        lr_scale = FINETUNE_DEFAULTS["lr_scale"]
     transform = lightly_transform(method, image_size, augment)
     dataset = _Images(Path(collection.root), paths, transform, reduce_to=4 * image_size)
     n_workers = _default_workers(len(paths), batch_size) if workers is None else int(workers)
@@ -318,7 +333,14 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
                         generator=torch.Generator().manual_seed(seed))
     steps_per_epoch = len(loader)
 
-    net = build_backbone(backbone, stem=stem)
+    if source is not None:
+        from training.finetune import freeze_batchnorm
+
+        net = source.model
+        if FINETUNE_DEFAULTS["batchnorm"] == "frozen":
+            freeze_batchnorm(net)
+    else:
+        net = build_backbone(backbone, stem=stem)
     feat_dim = feature_dim(net)
     hp = dict(METHODS[method].default_hparams)
     model = _MODELS[method](net, feat_dim, hp)
@@ -326,7 +348,7 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
     model.to(memory_format=memory_format).train()
     decay, no_decay = get_weight_decay_parameters([model.backbone, *model.heads()])
     weight_decay = METHODS[method].default_weight_decay
-    base_lr = METHODS[method].default_lr * batch_size / 256
+    base_lr = METHODS[method].default_lr * batch_size / 256 * lr_scale
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=base_lr)
     warmup_steps = max(1, steps_per_epoch)
@@ -411,7 +433,8 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
               "method": method, "backbone": backbone, "stem": stem, "image_size": image_size,
               "batch_size": batch_size, "minutes": minutes, "steps": steps, "seed": seed, "workers": n_workers,
               "optimizer": "adamw", "lr": base_lr, "weight_decay": weight_decay, "hparams": hp,
-              "pool": pool, "augment": dict(augment or {}), "channels_last": channels_last, "out": str(run)}
+              "pool": pool, "augment": dict(augment or {}), "channels_last": channels_last, "out": str(run),
+              "init": init}
     from training.augment import AugmentConfig
 
     aug = AugmentConfig(image_size=image_size, **(augment or {}))
@@ -424,6 +447,7 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
                  "skipped": len(collection.skipped), "bad_while_training": []},
         "metrics": metrics, "epoch": epoch, "step": step, "finished": True, "created": created,
         "updated": now_iso(), "weights_sha256": sha,
+        **({"interpolation": source.interpolation, "init": dict(source.identity)} if source is not None else {}),
     }
     atomic_write_bytes(run / WEIGHTS, weights)
     atomic_write_json(run / META, meta, default=str)

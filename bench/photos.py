@@ -151,9 +151,14 @@ def train_peer_row(row: Row, data_dir: Path, run: Path, minutes: float) -> tuple
         return run, _wall_minutes(run), True
     if run.exists():
         shutil.rmtree(run)
-    # from random weights: the trainer's defaults; from ``init``: what the peer derives from it, as our trainer does
-    keys = ("batch_size",) if "init" in extra else ("backbone", "stem", "image_size", "batch_size")
-    defaults = {k: setting(k).default for k in keys}
+    # from random weights: the trainer's defaults; from ``init``: the fine-tuning batch, and the rest from the init
+    # (train_lightly derives it as our trainer does)
+    if "init" in extra:
+        from training.settings import FINETUNE_DEFAULTS
+
+        defaults = {"batch_size": FINETUNE_DEFAULTS["batch_size"]}
+    else:
+        defaults = {k: setting(k).default for k in ("backbone", "stem", "image_size", "batch_size")}
     wall = _timed(run, lambda: peers.train_lightly(row.peer["method"], data_dir, run, minutes=minutes,
                                                    progress=False, **defaults, **extra))
     return run, wall, False

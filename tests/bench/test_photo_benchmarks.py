@@ -138,6 +138,30 @@ def test_lightly_from_pretrained_is_refused_with_the_reason_when_the_peer_takes_
     assert calls == []
 
 
+def test_lightly_from_pretrained_gets_the_init_and_the_fine_tuning_batch(monkeypatch, tmp_path):
+    import types
+
+    from bench import quality
+    from training.settings import FINETUNE_DEFAULTS, setting
+
+    calls = []
+
+    def train_lightly(method, data_dir, out, *, batch_size, minutes, progress, init=None, backbone=None,
+                      stem=None, image_size=None):
+        calls.append({"method": method, "batch_size": batch_size, "init": init, "backbone": backbone,
+                      "image_size": image_size})
+        return out
+
+    monkeypatch.setattr(quality, "_peers", lambda: (types.SimpleNamespace(train_lightly=train_lightly), None))
+    scratch, from_init = photos.plan(["lightly"], [])
+    photos.train_peer_row(from_init, tmp_path, tmp_path / "a", 0.1)
+    photos.train_peer_row(scratch, tmp_path, tmp_path / "b", 0.1)
+    assert calls[0] == {"method": "simclr", "batch_size": FINETUNE_DEFAULTS["batch_size"], "init": photos.PRETRAINED,
+                        "backbone": None, "image_size": None}  # the rest comes from the init, as in our trainer
+    assert calls[1] == {"method": "simclr", "batch_size": setting("batch_size").default, "init": None,
+                        "backbone": setting("backbone").default, "image_size": setting("image_size").default}
+
+
 def test_goals_compare_rows_on_every_headline_metric():
     def row(group, a, b, speed=10.0):
         return {"group": group, "m1": a, "m2": b, "images_per_s": speed}
