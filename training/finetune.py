@@ -129,9 +129,12 @@ def _load(flag: str, spec: str):
 
     from retrieval.init_weights import load_init
 
-    if not spec.startswith("timm:") and not Path(spec.partition("?")[0]).expanduser().is_dir():
-        raise LookalikeError(f"--{flag} {spec}: no such training run directory (give a run's folder or a "
-                             "pretrained spec, timm:NAME, e.g. timm:tf_efficientnet_lite0)")
+    if not spec.startswith("timm:"):
+        path, mark, options = spec.partition("?")
+        if not Path(path).expanduser().is_dir():
+            raise LookalikeError(f"--{flag} {spec}: no such training run directory (give a run's folder or a "
+                                 "pretrained spec, timm:NAME, e.g. timm:tf_efficientnet_lite0)")
+        spec = str(Path(path).expanduser()) + mark + options  # what was checked is what is loaded
     return load_init(spec)
 
 

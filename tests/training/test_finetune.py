@@ -148,3 +148,13 @@ def test_frozen_batchnorm_holds_in_train_mode_in_momentum_copies_and_after_conve
     frozen = [k for k in stats if k.rsplit(".", 1)[0] in names]
     assert frozen and all(torch.equal(stats[k], after[k]) for k in frozen)
     assert any(not torch.equal(stats[k], after[k]) for k in stats if k not in frozen)  # the heads' BN learn
+
+
+def test_an_init_under_the_home_folder_is_loaded_from_where_it_was_checked(tmp_path, monkeypatch):
+    from training import finetune
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "run").mkdir()  # a folder, but no run in it: the loader, not the path check, must answer
+    with pytest.raises(LookalikeError) as err:
+        finetune._load("init", "~/run")
+    assert "no such training run directory" not in str(err.value) and str(tmp_path / "run") in str(err.value)
