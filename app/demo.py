@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from retrieval import pretrained
 from retrieval.errors import LookalikeError
 from retrieval.runformat import STATE, read_meta
 from retrieval.store_files import MANIFEST
@@ -40,7 +41,7 @@ DEMO_MINUTES = 3.0
 # 0.518); avg keeps a smaller edge on the subcategory vote (kNN acc 0.392 vs 0.345).
 DEMO_POOL = "grid"
 DEMO_AUGMENT = {"strength": 0.3, "gray_p": 0.0, "crop_scale": [0.3, 1.0]}
-PRETRAINED_SPEC = "timm:tf_efficientnet_lite0"  # installed by the `pretrained` extra (retrieval.pretrained)
+PRETRAINED_SPEC = pretrained.DEFAULT_SPEC  # installed by the `pretrained` extra
 # Its fine-tune trains on 128-px views in batches of 64 (the recipe FINETUNE_DEFAULTS were measured with, see
 # training.settings); the rest is the trainer's fine-tuning defaults. With the init's own 224 px and the default
 # batch of 128 one SimCLR step on the CPU took over 11 GB of memory (the run was killed on a 23 GB machine);
@@ -108,8 +109,6 @@ class DemoPlan:
 
 def _pretrained_missing() -> str | None:
     """Why the pretrained steps cannot run here, or None when they can."""
-    from retrieval import pretrained
-
     if PRETRAINED_SPEC not in pretrained.available_pretrained():
         hint = pretrained.install_hint(PRETRAINED_SPEC.partition(":")[2])
         return f"no pretrained encoder installed, so no {PRETRAINED} or {FINETUNED} index ({hint})"

@@ -19,11 +19,13 @@ import importlib.machinery
 import os
 import re
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import LookalikeError, WeightsUnavailableError
 from .fsutil import sha256_file
+
+if TYPE_CHECKING:  # torch is imported where weights are read, not to find them
+    import torch
 
 # timm model name -> the package (import name) that ships its ImageNet-1k weights as a state-dict file.
 PACKAGED: dict[str, str] = {
@@ -35,6 +37,11 @@ PACKAGED: dict[str, str] = {
 SEARCH_PATH: list[str] | None = None
 # torch hub's naming of weight files, `NAME-<first 8 hex digits of the file's sha256>.pth`, which the packages follow.
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.pth$")
+
+
+# The pretrained encoder the product starts from where the `pretrained` extra is installed: `lookalike train`'s
+# default init (training.settings.default_init), the demo's pretrained index and fine-tune, the benchmarks' rows.
+DEFAULT_SPEC = "timm:tf_efficientnet_lite0"
 
 
 def install_hint(name: str) -> str:
@@ -65,6 +72,7 @@ def local_weights_file(name: str) -> Path | None:
     if packaged is not None:
         return packaged
     import timm
+    import torch
 
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
@@ -109,6 +117,7 @@ def packaged_state_dict(name: str, file: Path | None = None) -> dict[str, torch.
     """The packaged ImageNet weights of ``name`` under timm's key names, classifier included (``num_classes=1000``,
     as the file holds it). Loaded with ``weights_only``: a file carrying code is refused, never run."""
     import timm
+    import torch
 
     file = file or packaged_file(name)
     if file is None:

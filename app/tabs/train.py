@@ -88,14 +88,16 @@ class TrainTab(Tab):
         """Start a training of ``folder`` with the form's ``values`` → (job id, timer, message).
 
         The settings given are the UI preset (``training.settings.UI_PRESET``, e.g. a loss point every step) with
-        the form's values over it, and the run directory under the app's ``runs_dir``."""
+        the fields the user changed over it (a field left at its default is not given, so the trainer's own rules
+        apply: the default start, what an ``init`` decides), and the run directory under the app's ``runs_dir``."""
         data_dir = str(self.ctx.folders.check(folder, "train on"))  # under the roots allowed at launch
-        given = {**UI_PRESET, **{s.name: v for s, v in zip(self.settings, values)}}
+        given = {**UI_PRESET, **{s.name: v for s, v in zip(self.settings, values) if v != ui_default(s)}}
         draft = config_from_values(data_dir, given)  # bad settings fail here, in the page, not in the background
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = self.ctx.runs_dir / f"{draft.method}-{draft.backbone}-{stamp}"
+        out = self.ctx.runs_dir / f"{draft.method}-{_architecture(draft)}-{stamp}"
         config = config_from_values(data_dir, {**given, "out": str(out)})
-        job = self.ctx.jobs.run_training(config, label=f"{config.method} · {config.backbone} on {Path(data_dir).name}")
+        label = f"{config.method} · {_architecture(config)} on {Path(data_dir).name}"
+        job = self.ctx.jobs.run_training(config, label=label)
         return job.id, gr.Timer(active=True), f"Started {job.title}."
 
     def stop(self, job_id: str | None):
@@ -256,3 +258,14 @@ def _loss_curve(records: list[dict]):
     # it gets, and an empty object column would make the loss axis categorical for good.
     return pd.DataFrame({"step": np.array([p[0] for p in pts], np.float64),
                          "loss": np.array([p[1] for p in pts], np.float64)})
+
+
+def _architecture(config) -> str:
+    """The network a config trains, for the run folder's name: the backbone, or what the init (or a distilled
+    student's teacher) names, which replaces it when the run starts."""
+    source = config.init or (config.teacher if not config.given("backbone") else None)
+    if not source:
+        return config.backbone
+    if source.startswith("timm:"):
+        return source.partition(":")[2].partition("?")[0]
+    return Path(source.partition("?")[0]).name

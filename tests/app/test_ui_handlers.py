@@ -16,6 +16,7 @@ from app.jobs import JobManager
 from app.serving import query_source
 from app.ui import LookalikeApp, build_app
 from retrieval.errors import LookalikeError
+from training.settings import UI_PRESET
 from retrieval.synthetic import make_collection
 from retrieval.workspace import Workspace
 
@@ -190,6 +191,21 @@ def test_training_is_polled_into_a_loss_curve_and_can_be_stopped(env):
     view = app.train.poll(job_id, None, None)
     assert "stopped" in view.status and "fake" in view.status
     assert not view.stop.interactive and view.build_row.visible and not view.timer.active
+    # a form left at its defaults gives only the UI preset: the trainer's default start applies, and the run is
+    # named after the network it will train
+    from retrieval import pretrained
+
+    started.clear()
+    job_id, _, _ = app.train.start(str(env.photos), *app.train.form())
+    assert started.wait(30) and len(configs) == 2
+    app.train.stop(job_id)
+    app.jobs.get(job_id).wait(10)
+    plain = configs[1]
+    assert set(plain.explicit) == set(UI_PRESET) | {"out"}
+    if pretrained.DEFAULT_SPEC in pretrained.available_pretrained():
+        assert plain.init == pretrained.DEFAULT_SPEC and "-tf_efficientnet_lite0-" in Path(plain.out).name
+    else:
+        assert plain.init is None and f"-{plain.backbone}-" in Path(plain.out).name
 
 
 def test_the_live_view_follows_the_next_run_of_a_sequence(env):

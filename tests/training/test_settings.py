@@ -71,12 +71,29 @@ def test_the_flags_typed_are_recorded_even_when_they_equal_the_default(tmp_path)
     cfg = S.config_from_args(parse(str(tmp_path), "--method", "simclr", "--batch-size", "128", "--val", "v"))
     assert cfg.explicit == ("method", "batch_size", "val_dir") and cfg.val_dir == "v"
     assert cfg.given("batch_size") and not cfg.given("image_size")
-    bare = S.config_from_args(parse(str(tmp_path)))
-    assert bare.explicit == () and bare == TrainConfig(data_dir=str(tmp_path))
+    bare = S.config_from_args(parse(str(tmp_path), "--init", "scratch"))
+    assert bare.explicit == ("init",) and bare == TrainConfig(data_dir=str(tmp_path), init=None)
     assert S.config_from_args(parse(str(tmp_path), "--no-channels-last")).channels_last is False
     # a config built in code records the keywords it was given; dataclasses.replace keeps the record
     coded = TrainConfig("x", method="simclr", batch_size=128)
     assert coded.explicit == ("method", "batch_size") and dataclasses.replace(coded, lr=0.1).explicit == coded.explicit
+
+
+def test_a_run_that_names_no_start_starts_from_the_packaged_pretrained_encoder(tmp_path, monkeypatch):
+    from retrieval import pretrained
+
+    installed = pretrained.DEFAULT_SPEC in pretrained.available_pretrained()
+    bare = S.config_from_args(parse(str(tmp_path)))
+    assert bare.explicit == () and bare.init == (pretrained.DEFAULT_SPEC if installed else None)
+    # naming an architecture, a stem, a teacher, a start or a resume leaves the choice to the user
+    for argv in (("--backbone", "resnet18"), ("--stem", "small"), ("--init", "scratch"), ("--resume",),
+                 ("--method", "distill", "--teacher", "timm:tf_efficientnet_lite2")):
+        assert S.config_from_args(parse(str(tmp_path), *argv)).init is None, argv
+    assert S.config_from_values(str(tmp_path), {"method": "byol", "minutes": 1}).init == bare.init
+    # without the extra: random weights, as before
+    monkeypatch.setattr(pretrained, "SEARCH_PATH", [str(tmp_path / "empty")])
+    assert S.config_from_args(parse(str(tmp_path))).init is None
+    assert TrainConfig(data_dir=str(tmp_path)).init is None  # a config built in code does what it says
 
 
 def test_config_from_values_converts_form_values_and_records_them(image_dir):
