@@ -126,6 +126,8 @@ def launch(indexes: str | Path = "indexes", host: str = "127.0.0.1", port: int |
     allowed = allowed_paths(workspace, examples)
     collections = [m["root"] for m in workspace.list()] + list(train_dirs or [])
     folders = FolderRoots.at_launch(allow_dirs, collections, exposed(host, share))
+    if folders.roots is not None:  # and no link inside them leads a build or refresh out of them
+        workspace.confine = folders.roots
     demo = build_app(workspace, examples=examples, train_dirs=train_dirs, jobs=jobs, runs_dir=runs_dir,
                      allowed_paths=allowed, folders=folders, opening=opening)
     if background is not None:

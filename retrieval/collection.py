@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -61,7 +61,8 @@ class Collection:
 
 
 def scan(root: str | os.PathLike, labels: bool = False, max_pixels: int = MAX_PIXELS,
-         progress: bool = False, known: Mapping[str, tuple[int, float]] | None = None) -> Collection:
+         progress: bool = False, known: Mapping[str, tuple[int, float]] | None = None,
+         confine: Sequence[str | os.PathLike] | None = None) -> Collection:
     """Walk ``root`` recursively (sorted, deterministic) and sort every file into items and skipped ones.
 
     Symbolic links to files are followed. Symbolic links to folders are followed after the real folders, and
@@ -73,6 +74,9 @@ def scan(root: str | os.PathLike, labels: bool = False, max_pixels: int = MAX_PI
     ``known`` (path → (size, mtime) of the items an index holds) spares a refresh the header reads: a file with
     the size and modification time it had when it was indexed passed the same checks then, so it is an item
     without being opened again (a refresh of 100,000 photos reads only the new and changed ones).
+
+    ``confine`` (folders; the web app's allowed roots): a link, to a file or a folder, whose target lies outside
+    all of them is skipped with that reason instead of followed, so a folder inside the roots cannot lead out.
     """
     root_path = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
     if not root_path.exists():
@@ -80,7 +84,8 @@ def scan(root: str | os.PathLike, labels: bool = False, max_pixels: int = MAX_PI
     if not root_path.is_dir():
         raise LookalikeError(f"not a folder: {root_path} (give the folder that holds the images)")
 
-    walker = _Walker(root_path, labels, max_pixels, progress, known or {})
+    roots = None if confine is None else [Path(os.path.realpath(os.path.expanduser(os.fspath(c)))) for c in confine]
+    walker = _Walker(root_path, labels, max_pixels, progress, known or {}, roots)
     walker.run()
     walker.items.sort(key=lambda it: _sort_key(it.path))
     walker.skipped.sort(key=lambda sk: _sort_key(sk.path))
@@ -95,8 +100,9 @@ class _Walker:
     """Iterative depth-first walk (no recursion limit on deep trees) with a visited set of folders."""
 
     def __init__(self, root: Path, labels: bool, max_pixels: int, progress: bool,
-                 known: Mapping[str, tuple[int, float]]):
+                 known: Mapping[str, tuple[int, float]], confine: list[Path] | None = None):
         self.root, self.labels, self.max_pixels, self.known = root, labels, max_pixels, known
+        self.confine = confine
         self.items: list[Item] = []
         self.skipped: list[Skipped] = []
         self._visited: set[tuple[int, int]] = set()
@@ -153,6 +159,9 @@ class _Walker:
                 reason = "broken symbolic link" if entry.is_symlink() else f"unreadable: {_os_error(exc)}"
                 self.skipped.append(Skipped(rel, reason))
                 continue
+            if is_link and self.confine is not None and not self._inside(entry.path):
+                self.skipped.append(Skipped(rel, "link out of the allowed folders"))
+                continue
             if stat.S_ISDIR(st.st_mode):
                 if is_link:
                     linked.append((rel, st))
@@ -168,6 +177,10 @@ class _Walker:
             else:
                 self.skipped.append(Skipped(rel, "not a regular file"))
         return subdirs
+
+    def _inside(self, path: str) -> bool:
+        real = Path(os.path.realpath(path))
+        return any(real.is_relative_to(root) for root in self.confine or ())
 
     def _add_file(self, rel: str, path: str, st: os.stat_result) -> None:
         self._tick()

@@ -64,9 +64,11 @@ class BuildReport:
 class Workspace:
     """Indexes under ``root`` (default ``./indexes``) and the encoders that built them."""
 
-    def __init__(self, root: str | Path = "indexes", device: str = "cpu"):
+    def __init__(self, root: str | Path = "indexes", device: str = "cpu", confine: list[Path] | None = None):
         self.root = Path(root)
         self.device = device
+        # the folders a scan may follow links into (the web app's allowed roots); None: links are followed
+        self.confine = confine
         self._encoders: dict[str, Encoder] = {}
         self._stores: dict[str, IndexStore] = {}
         self._lock = threading.RLock()
@@ -124,7 +126,7 @@ class Workspace:
                           "name": name, "index type": index_type})
 
         def scan_new() -> Collection:
-            collection = scan(directory, labels=True, progress=progress)
+            collection = scan(directory, labels=True, progress=progress, confine=self.confine)
             if not overwrite and (self.root / name / MANIFEST).exists():
                 raise LookalikeError(f"index {name!r} already exists under {self.root}; pass --overwrite to "
                                      f"rebuild it or 'lookalike index refresh {name}' to update it")
@@ -152,7 +154,7 @@ class Workspace:
         store = self.store(name)
         root = Path(store.manifest["root"])
         rel = [self._relative(root, p) for p in paths]
-        full = scan(root, labels=True, progress=False)
+        full = scan(root, labels=True, progress=False, confine=self.confine)
         wanted = set(rel)
         items = [it for it in full.items if it.path in wanted]
         skipped = [s for s in full.skipped if s.path in wanted]
@@ -176,7 +178,8 @@ class Workspace:
         if not root.is_dir():
             raise LookalikeError(f"the collection folder of {name!r} ({root}) no longer exists")
         known = store.items()
-        current = scan(root, labels=True, progress=progress, known={p: (it.size, it.mtime) for p, it in known.items()})
+        current = scan(root, labels=True, progress=progress, confine=self.confine,
+                       known={p: (it.size, it.mtime) for p, it in known.items()})
         changed = [it for it in current.items
                    if it.path not in known or (known[it.path].size, known[it.path].mtime) != (it.size, it.mtime)]
         present = {it.path for it in current.items}

@@ -47,7 +47,7 @@ def guarded(tmp_path_factory):
 
 @contextlib.contextmanager
 def _http(url: str, logged_in: bool) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=url, timeout=30, trust_env=False, follow_redirects=False) as client:
+    with httpx.Client(base_url=url, timeout=300, trust_env=False, follow_redirects=False) as client:
         if logged_in:
             resp = client.post("login", data={"username": USER, "password": PASSWORD})
             assert resp.status_code == 200, resp.text
@@ -130,3 +130,26 @@ def test_a_folder_under_an_allowed_root_is_indexed(guarded):
                                                 "auto", False])
     assert msg["success"] is True, msg
     assert demo.lookalike.ctx.ws.store("again").count == 4
+
+
+def test_links_inside_an_allowed_root_do_not_lead_a_build_out_of_it(guarded):
+    """``allowed/`` holds a link to the outside folder, and a file link to an outside picture: the page's build of
+    ``allowed/`` indexes neither and says why; the same folder built outside the app follows both."""
+    from retrieval.workspace import Workspace
+
+    demo, root, images = guarded
+    outside_picture = next(p for p in sorted((root / "outside" / "private").rglob("*")) if p.is_file())
+    leak = root / "allowed" / "photos-more"
+    leak.mkdir(exist_ok=True)
+    (leak / f"leak{outside_picture.suffix}").symlink_to(outside_picture)
+    with _http(demo.local_url, logged_in=True) as http:
+        msg = _call_event(demo, http, "build", [str(root / "allowed"), "pixels", "whole", "auto", False])
+    assert msg["success"] is True, msg
+    store = demo.lookalike.ctx.ws.store("whole")
+    assert store.count == len(images)  # the real photos only
+    assert not any(p.startswith(("way-out", "photos-more")) for p in store.paths())
+    reasons = {s.path: s.reason for s in store.skipped()}
+    assert reasons == {f"photos-more/leak{outside_picture.suffix}": "link out of the allowed folders",
+                       "way-out": "link out of the allowed folders"}
+    report = Workspace(root / "indexes-cli").build(root / "allowed", "pixels", "cli", progress=False)
+    assert report.count == len(images) + 1 + 4  # the command line follows links, as it always has
