@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.demo import PRETRAINED_SPEC as PRETRAINED  # noqa: E402 (the pretrained encoder the demo uses)
 from bench.common import ROOT, save_result  # noqa: E402
+from retrieval.allocator import release_free_memory  # noqa: E402
 from retrieval.errors import LookalikeError  # noqa: E402
 
 GROUPS = ("baselines", "scratch", "pretrained", "distill", "lightly")
@@ -237,6 +238,7 @@ def run_rows(rows: list[Row], evaluate: Callable, train_dir: Callable[[], Path],
         except Exception as exc:  # noqa: BLE001 - report the row, go on with the others
             traceback.print_exc(file=sys.stderr)
             out[row.name] = {**base, "error": f"{type(exc).__name__}: {exc}"}
+        release_free_memory()  # rows run one after another in this process: keep its memory to one row's
         r = out[row.name]
         _log(f"{row.name}: " + (r.get("error") or r.get("skipped") or
                                 ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k in headline)))

@@ -29,7 +29,7 @@ import os
 import platform
 import sys
 
-__all__ = ["tune_allocator", "allocator_state", "reexec_with_tcmalloc", "tcmalloc_path", "ENV"]
+__all__ = ["tune_allocator", "allocator_state", "release_free_memory", "reexec_with_tcmalloc", "tcmalloc_path", "ENV"]
 
 ENV = "LOOKALIKE_ALLOCATOR"  # "system": leave the allocator as it comes; "glibc": tune glibc, never tcmalloc
 # mallopt parameter numbers from glibc's <malloc.h>
@@ -85,6 +85,21 @@ def _glibc_mallopt() -> bool:
     # mmap off: large blocks come from the heap, where freed memory is reused; the trim threshold keeps it there.
     ok = [mallopt(_M_MMAP_MAX, 0), mallopt(_M_TRIM_THRESHOLD, _KEEP), mallopt(_M_TOP_PAD, _TOP_PAD)]
     return all(v == 1 for v in ok)
+
+
+def release_free_memory() -> bool:
+    """Hand the heap memory glibc keeps free back to the OS (``malloc_trim``), e.g. between the runs of a long
+    benchmark, whose tuned allocator otherwise keeps the largest peak so far; False where there is no glibc."""
+    import gc
+
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    trim(0)
+    return True
 
 
 def tcmalloc_path() -> str | None:

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,23 @@ def test_the_cli_starts_again_only_for_commands_that_run_a_model():
     assert not _runs_a_model(parse(["index", "list"])) and not _runs_a_model(parse(["index", "info", "x"]))
     assert _runs_a_model(parse(["index", "build", "d", "--encoder", "pixels", "--name", "x"]))
     assert _runs_a_model(parse(["search", "x", "q.png"])) and _runs_a_model(parse(["train", "d", "--epochs", "1"]))
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_free_memory_kept_by_the_tuned_allocator_can_be_handed_back():
+    code = textwrap.dedent("""
+        import os
+        from retrieval.allocator import release_free_memory, tune_allocator
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        assert tune_allocator() == "tuned"
+        blocks = [bytearray(8 << 20) for _ in range(40)]  # 320 MB from the heap (mmap is off once tuned)
+        del blocks
+        kept = rss()
+        assert release_free_memory()
+        print(kept - rss())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "LOOKALIKE_ALLOCATOR": "glibc"}, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) > 200 << 20  # most of the 320 MB went back
