@@ -292,7 +292,9 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
     from retrieval.runformat import FORMAT_VERSION, META, METRICS, WEIGHTS
     from training.checkpoint import backbone_tensors
     from training.data import data_fingerprint
+    from training.finetune import freeze_batchnorm
     from training.methods import METHODS
+    from training.settings import FINETUNE_DEFAULTS
     from training.trainer import _default_workers, feature_dim, get_lr
 
     if method not in _MODELS:
@@ -318,7 +320,6 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
     source, lr_scale = None, 1.0
     if init is not None:
         from retrieval.init_weights import load_init
-        from training.settings import FINETUNE_DEFAULTS
 
         source = load_init(init)
         backbone, stem, pool, image_size = source.backbone, source.stem, source.pool, source.image_size
@@ -334,8 +335,6 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
     steps_per_epoch = len(loader)
 
     if source is not None:
-        from training.finetune import freeze_batchnorm
-
         net = source.model
         if FINETUNE_DEFAULTS["batchnorm"] == "frozen":
             freeze_batchnorm(net)

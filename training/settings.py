@@ -114,8 +114,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("init", str, None, "weights to start from: a pretrained spec (timm:NAME, e.g. timm:tf_efficientnet_lite0 "
             "from the 'pretrained' extra), an earlier run directory, or 'scratch' (random weights); sets the backbone, "
             "image size and normalisation (default: the packaged pretrained encoder where the 'pretrained' extra is "
-            "installed and no --backbone/--stem/--teacher is given, else random weights)", ui=True, label="Start from (pretrained spec or run)",
-            valid=_is_weights_spec, rule=_WEIGHTS_RULE, fixed=True),
+            "installed and no --backbone/--stem/--teacher is given, else random weights)", ui=True,
+            label="Start from (pretrained spec or run)", valid=_is_weights_spec, rule=_WEIGHTS_RULE, fixed=True),
     Setting("teacher", str, None, "the encoder --method distill learns from (a pretrained spec or a run directory); "
             f"without --backbone/--init the student is its architecture and weights at {STUDENT_SIZE:g}x its image "
             "size",
@@ -368,9 +368,9 @@ def default_init(given: dict[str, Any]) -> str | None:
     stem or teacher (and resumes nothing): the packaged pretrained encoder where the ``pretrained`` extra is
     installed, else None (random weights). ``--init scratch`` asks for random weights whatever is installed.
 
-    Measured (bench/tuxpaint_retrieval.py, bench/copy_detection.py, bench/fashion_mnist.py, bench/quality.py, README
-    "Real photographs"): on every benchmark each method fine-tuned from the pretrained encoder scores far above the
-    same method trained from random weights for the same budget. A ``TrainConfig`` built in code keeps ``init=None``:
+    Measured (bench/tuxpaint_retrieval.py, bench/copy_detection.py, bench/fashion_mnist.py, README "Real
+    photographs"): on each of these photo benchmarks every method fine-tuned from the pretrained encoder scores far
+    above the same method trained from random weights for the same budget. A ``TrainConfig`` built in code keeps ``init=None``:
     the library does what it is told."""
     if any(name in given for name in ("init", "backbone", "stem", "teacher", "resume")):
         return None
