@@ -41,6 +41,10 @@ def machine_info() -> dict:
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        from retrieval.precision import ENV, cpu_has_native_bf16
+
+        info["native_bf16"] = cpu_has_native_bf16()  # what an encoder's forward runs in: retrieval.precision
+        info["embed_precision"] = os.environ.get(ENV) or "auto"
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:

@@ -47,6 +47,7 @@ from torch import nn  # noqa: E402
 
 from .errors import CheckpointError, LookalikeError, WeightsUnavailableError
 from .fsutil import sha256_file  # the weights' digest of an identity (also imported from here)
+from .precision import embed_dtype
 from .identity import IDENTITY_KEYS, POOLS, STEMS, describe_identity, identity_matches  # noqa: F401 (re-exported)
 from .runformat import META, WEIGHTS, read_run_manifest  # noqa: F401 (read_run_manifest re-exported)
 
@@ -117,8 +118,12 @@ class Encoder:
     extra: dict = field(default_factory=dict)  # method, metrics… from a run's encoder.json
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     interpolation: str = "bilinear"  # resize filter of preprocess (a RESAMPLE key)
+    precision: str | None = None  # of the forward pass: retrieval.precision.CHOICES, None: its environment/auto
+    autocast: torch.dtype | None = field(init=False, default=None)  # what ``precision`` resolves to (None: fp32)
 
     def __post_init__(self) -> None:
+        if self.kind != "pixels":
+            self.autocast = embed_dtype(self.device, self.precision)
         if self.interpolation not in RESAMPLE:
             raise LookalikeError(f"unknown interpolation {self.interpolation!r} for encoder {self.spec!r}: use one "
                                  f"of {', '.join(RESAMPLE)}")
@@ -167,7 +172,9 @@ class Encoder:
             mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
             std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-            z = pooled_features(self.model, x, self.pool).float()  # (B, dim)
+            with torch.autocast(x.device.type, dtype=self.autocast or torch.float32,
+                                enabled=self.autocast is not None):
+                z = pooled_features(self.model, x, self.pool).float()  # (B, dim), float32 in any precision
         z = F.normalize(z, dim=1, eps=1e-12)
         return z.cpu().numpy().astype(np.float32, copy=False)
 

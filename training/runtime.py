@@ -12,34 +12,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from retrieval import precision as _precision
 from retrieval.errors import LookalikeError
+from retrieval.precision import cpu_has_amx, cpu_has_native_bf16  # noqa: F401 (re-exported)
 
 __all__ = ["cpu_has_native_bf16", "cpu_has_amx", "resolve_precision", "seed_everything", "get_rng_state", "set_rng_state",
            "GracefulStop"]
 
 
 # -- precision ----------------------------------------------------------------------------------------------------
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16), where ``precision=auto`` uses bf16.
-
-    Measured (``bench/cpu_limits.py`` children, SimCLR step, 2-core AMD EPYC with AVX512-BF16 and no AMX,
-    2026-12-01, idle): resnet10t at 64 px 388 images/s in bf16 against 261 in fp32 (1.5x); EfficientNet-Lite0 at
-    224 px 19.9 against 24.5 (0.8x: its depthwise convolutions gain nothing and every cast costs). Without either
-    instruction set bf16 is emulated and measured 1.5-3x slower than fp32, so auto keeps fp32 there."""
-    return cpu_has_amx() or _probe("_is_avx512_bf16_supported")
-
-
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles."""
-    return _probe("_is_amx_tile_supported")
-
-
-def _probe(name: str) -> bool:
-    fn = getattr(torch.cpu, name, None)
-    try:
-        return bool(fn is not None and fn())
-    except Exception:
-        return False
+# The rule (bf16 where the hardware has it natively) is declared once, in retrieval.precision. For training:
+# measured (``bench/cpu_limits.py`` children, SimCLR step, 2-core AMD EPYC with AVX512-BF16 and no AMX,
+# 2026-12-01, idle): resnet10t at 64 px 388 images/s in bf16 against 261 in fp32 (1.5x); EfficientNet-Lite0 at
+# 224 px 19.9 against 24.5 (0.8x: the backward pass of its depthwise convolutions gains nothing and every cast
+# costs).
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -47,7 +33,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     if precision == "auto":
         if device.type == "cuda":
             return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
-        return (torch.bfloat16, False) if cpu_has_native_bf16() else (None, False)
+        return (torch.bfloat16, False) if _precision.cpu_has_native_bf16() else (None, False)
     if precision == "fp32":
         return None, False
     if precision == "bf16":

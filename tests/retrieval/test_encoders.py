@@ -98,7 +98,8 @@ def _fake_run(tmp_path, backbone="resnet10t"):
     return run, model
 
 
-def test_run_directory_encoder_loads_and_verifies_sha(tmp_path):
+def test_run_directory_encoder_loads_and_verifies_sha(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOKALIKE_EMBED_PRECISION", "fp32")  # compared with an fp32 forward below
     run, model = _fake_run(tmp_path)
     enc = load_encoder(str(run))
     assert enc.kind == "run" and enc.stem == "small" and enc.identity["method"] == "simclr"
@@ -120,7 +121,8 @@ def test_directory_without_encoder_json_is_not_an_encoder(tmp_path):
         load_encoder(str(tmp_path))
 
 
-def test_grid_pooling_keeps_layout_of_the_stride16_stage(tmp_path):
+def test_grid_pooling_keeps_layout_of_the_stride16_stage(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOKALIKE_EMBED_PRECISION", "fp32")  # compared with an fp32 forward by hand below
     avg = load_encoder("random:resnet10t?size=64")
     grid = load_encoder("random:resnet10t?size=64&pool=grid")
     assert avg.dim == 512 and grid.dim == 256 * 16  # layer3 has 256 channels, 4x4 cells
