@@ -18,7 +18,8 @@ Every trained row gets the same budget, ``--minutes`` of wall-clock training on 
 trains on the benchmark's own collection without its labels: transductive, as a user trains on the folder they
 index. Rows that need a trainer feature this checkout lacks (``init``, ``teacher``, the ``distill`` method) are
 skipped with that reason in ``--quick`` and are errors in a full run. Results go to ``bench/results/<name>.json``
-(``<name>_quick.json`` with ``--quick``, which git ignores) with the settings, machine and date.
+(``<name>_quick.json`` with ``--quick``, which git ignores) with the settings, machine and date; ``--part P``
+writes a share of the rows to ``<name>_part_P.json`` (e.g. a row group on each core) and ``--merge P Q`` joins them.
 """
 
 from __future__ import annotations
@@ -185,6 +186,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--eval-device", default="cpu", help="device that embeds for scoring (training stays on the "
                     "CPU); cuda makes the big evaluations fast, and makes img/s a GPU figure")
     ap.add_argument("--json", action="store_true", help="print the result JSON instead of the table")
+    ap.add_argument("--part", default=None, help="these rows are a share of the benchmark (e.g. --groups "
+                    "pretrained on another core): write <name>_part_<PART>.json instead; --merge joins the parts")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="PART", help="run no row: join the part files "
+                    "<name>_part_<PART>.json into <name>.json, rows in table order, goals judged on all of them")
 
 
 def minutes_of(args) -> float:
@@ -296,6 +301,8 @@ def run_benchmark(name: str, args, evaluate: Callable, train_dir: Callable[[], P
     """Plan the rows from ``args``, run them, save ``bench/results/<name>[_quick].json``, print; exit status."""
     import torch
 
+    if args.merge:
+        return merge_parts(name, args, columns, headline, title)
     minutes = minutes_of(args)
     known = trainable_methods()
     methods = args.methods or known
@@ -318,6 +325,8 @@ def run_benchmark(name: str, args, evaluate: Callable, train_dir: Callable[[], P
         if tmp is not None:
             tmp.cleanup()
     result_name = f"{name}_quick" if args.quick else name
+    if args.part:
+        result_name = part_name(result_name, args.part)
     g = goals(results, headline, args.pretrained, args.teacher or args.pretrained)
     path = save_result(result_name, {"rows": results, "goals": g}, quick=args.quick, minutes_per_trained_row=minutes,
                        budget="wall-clock minutes of training per trained row, CPU (device='cpu')",
@@ -328,11 +337,49 @@ def run_benchmark(name: str, args, evaluate: Callable, train_dir: Callable[[], P
                        eval_device=args.eval_device,
                        torch_threads=torch.get_num_threads(), total_seconds=round(time.perf_counter() - t0, 1),
                        **settings)
+    report(path, args, results, g, columns, headline, f"{title}; {minutes:g} min per trained row (wall-clock, CPU)")
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+def report(path: Path, args, results: dict, g: dict, columns, headline, title: str) -> None:
     if args.json:
         print(path.read_text(), end="")
     else:
-        print(f"{title}; {minutes:g} min per trained row (wall-clock, CPU)\n")
+        print(f"{title}\n")
         print(table(results, columns))
         print(f"\ngoals (on {', '.join(headline)}): {json.dumps({k: v for k, v in g.items() if k != 'metrics'})}")
         print(f"\nwritten: {path.relative_to(ROOT)}")
-    return 1 if any("error" in r for r in results.values()) else 0
+
+
+def part_name(result_name: str, part: str) -> str:
+    return f"{result_name}_part_{part}"
+
+
+def merge_parts(name: str, args, columns, headline, title: str) -> int:
+    """Join part files (rows run by separate processes, e.g. one per core) into one result: each row as its part
+    measured it, in the table order of :func:`plan`; the parts' settings, machines and dates are kept beside."""
+    from bench.common import RESULTS
+
+    result_name = f"{name}_quick" if args.quick else name
+    parts = {}
+    for part in args.merge:
+        path = RESULTS / f"{part_name(result_name, part)}.json"
+        if not path.is_file():
+            raise SystemExit(f"no part {part!r}: {path} is missing (run the rows with --part {part})")
+        parts[part] = json.loads(path.read_text())
+    rows: dict[str, dict] = {}
+    for part, res in parts.items():
+        for row, figures in res["figures"]["rows"].items():
+            if row in rows:
+                raise SystemExit(f"row {row!r} is in more than one part")
+            rows[row] = figures
+    first = next(iter(parts.values()))["settings"]
+    order = [r.name for r in plan(GROUPS, first["methods"], first["pretrained"], first["teacher"])]
+    rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    g = goals(rows, headline, first["pretrained"], first["teacher"])
+    keep = {k: v for k, v in first.items() if k not in ("groups", "total_seconds", "runs_dir")}
+    path = save_result(result_name, {"rows": rows, "goals": g}, **keep, merged_from={
+        part: {"groups": res["settings"]["groups"], "total_seconds": res["settings"].get("total_seconds"),
+               "machine": res["machine"], "date": res["date"]} for part, res in parts.items()})
+    report(path, args, rows, g, columns, headline, f"{title}; merged from parts {', '.join(parts)}")
+    return 1 if any("error" in r for r in rows.values()) else 0
