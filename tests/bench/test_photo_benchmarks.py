@@ -175,3 +175,34 @@ def test_goals_compare_rows_on_every_headline_metric():
     assert g["scratch_beat_pixels_and_random"]["simclr"] == {"pixels": True, "random": False}
     assert g["distill_vs_teacher"] == {"m1": 0.96, "m2": 1.0, "speed": 4.0}
     assert g["vs_lightly"] == {"lightly-simclr": True, "lightly-simclr from x": None}
+
+
+def test_parts_run_apart_merge_into_one_result_in_table_order(monkeypatch, tmp_path):
+    import argparse
+    import json
+
+    from bench import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    settings = {"methods": ["simclr"], "pretrained": "timm:x", "teacher": "timm:x", "groups": [], "seed": 0}
+
+    def part(name, rows):
+        common.save_result(photos.part_name("bench", name), {"rows": rows}, **{**settings, "groups": [name]})
+
+    part("b", {"simclr from x": {"group": "pretrained", "m": 0.6}, "lightly-simclr": {"group": "lightly", "m": 0.2}})
+    part("a", {"pixels": {"group": "baselines", "m": 0.1}, "timm:x": {"group": "baselines", "m": 0.5},
+               "simclr": {"group": "scratch", "m": 0.3}})
+    ap = argparse.ArgumentParser()
+    photos.add_arguments(ap)
+    assert photos.run_benchmark("bench", ap.parse_args(["--merge", "b", "a", "--json"]), None, None, ("m",), ("m",),
+                                "t") == 0
+    merged = json.loads((tmp_path / "bench.json").read_text())
+    assert list(merged["figures"]["rows"]) == ["pixels", "timm:x", "simclr", "simclr from x", "lightly-simclr"]
+    assert merged["figures"]["goals"]["best_trained"] == "simclr from x"
+    assert merged["figures"]["goals"]["best_beats_pretrained"] is True  # judged across the parts
+    assert set(merged["settings"]["merged_from"]) == {"a", "b"}
+    part("c", {"pixels": {"group": "baselines", "m": 0.1}})  # a row two parts both ran is refused
+    with pytest.raises(SystemExit, match="more than one part"):
+        photos.run_benchmark("bench", ap.parse_args(["--merge", "a", "c"]), None, None, ("m",), ("m",), "t")
+    with pytest.raises(SystemExit, match="missing"):
+        photos.run_benchmark("bench", ap.parse_args(["--merge", "a", "z"]), None, None, ("m",), ("m",), "t")
