@@ -183,7 +183,8 @@ class Searcher:
         from gradio_client import Client
 
         self.client = Client(url, download_files=False, verbose=False)  # the page fetches pictures itself
-        self.queries, self.turn = queries, 0
+        self.queries, self.turn, self.url = queries, 0, url
+        self._http, self._uploaded = None, {}
 
     def once(self, name: str) -> float:
         from gradio_client import handle_file
@@ -202,23 +203,29 @@ class Searcher:
         return latency([self.once(name) for _ in range(n)])
 
     def http(self, url: str, name: str, n: int) -> dict:
-        """The same endpoint over plain HTTP, the query uploaded once: the app's own time per search, without
-        the client's upload and event-stream handling (``gradio_api/call/search``, then its result)."""
+        """The same endpoint over plain HTTP, the query uploaded once, as the page sends it (it uploads a picture
+        when it is dropped, then each search names the upload): the app's own time per search, without the
+        client library's upload and event-stream handling (``gradio_api/call/search``, then its result)."""
+        self.http_once(url, name)  # the upload, and the first search
+        return latency([self.http_once(url, name) for _ in range(n)])
+
+    def http_once(self, url: str, name: str) -> float:
         import httpx
 
-        with httpx.Client(base_url=url, timeout=120, trust_env=False) as h:
+        if self._http is None:
+            self._http = httpx.Client(base_url=url, timeout=120, trust_env=False)
+        h = self._http
+        if name not in self._uploaded:
             with open(self.queries[name][0], "rb") as f:
-                uploaded = h.post("gradio_api/upload", files={"files": f}).json()[0]
-            call = {"data": [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, name, K]}
-            times = []
-            for _ in range(n + 1):
-                t = time.perf_counter()
-                event = h.post("gradio_api/call/search", json=call).json()["event_id"]
-                answer = h.get(f"gradio_api/call/search/{event}").text
-                times.append((time.perf_counter() - t) * 1e3)
-                if "event: complete" not in answer:
-                    raise RuntimeError(f"/search over HTTP answered {answer[:200]!r}")
-        return latency(times[1:])
+                self._uploaded[name] = h.post("gradio_api/upload", files={"files": f}).json()[0]
+        call = {"data": [{"path": self._uploaded[name], "meta": {"_type": "gradio.FileData"}}, name, K]}
+        t = time.perf_counter()
+        event = h.post("gradio_api/call/search", json=call).json()["event_id"]
+        answer = h.get(f"gradio_api/call/search/{event}").text
+        ms = (time.perf_counter() - t) * 1e3
+        if "event: complete" not in answer:
+            raise RuntimeError(f"/search over HTTP answered {answer[:200]!r}")
+        return ms
 
     def engine(self, indexes: Path, name: str, n: int) -> dict:
         """The same searches without the app: ``Workspace.search`` in this process (where the app's time goes)."""
@@ -233,13 +240,31 @@ class Searcher:
             times.append((time.perf_counter() - t) * 1e3)
         return latency(times)
 
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+
     def during(self, name: str, busy: subprocess.Popen) -> dict:
-        """Paced searches until ``busy`` (a process) ends."""
-        times = []
+        """Paced searches until ``busy`` (a process) ends, through gradio_client and over plain HTTP in turn."""
+        times: dict[str, list[float]] = {"gradio_client": [], "http": []}
         while busy.poll() is None:
-            times.append(self.once(name))
+            times["gradio_client"].append(self.once(name))
             time.sleep(PACE_S)
-        return latency(times)
+            if busy.poll() is None:
+                times["http"].append(self.http_once(self.url, name))
+                time.sleep(PACE_S)
+        return {**latency(times["gradio_client"]), "http": latency(times["http"])}
+
+
+def query_copies(files: list[Path], folder: Path) -> list[Path]:
+    """Copies of the query pictures outside the collection (as a user uploads one): the 1% of files a refresh
+    step deletes or rewrites may include a query (a deleted one failed the search while the index refreshed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, src in enumerate(files):
+        out.append(folder / f"{i:02d}{src.suffix}")
+        shutil.copyfile(src, out[-1])
+    return out
 
 
 def free_port() -> int:
@@ -323,8 +348,9 @@ def run(args, work: Path) -> dict:
     figures["photos"]["build"] = build(folders["photos"], indexes, "photos")
     log(f"photos: scan + build {figures['photos']}")
     demo = launch(workspace=Workspace(indexes), port=free_port(), block=False, examples=[])
+    search = None
     try:
-        queries = {"photos": sorted(folders["photos"].rglob("*.jpg"))[::997][:20]}
+        queries = {"photos": query_copies(sorted(folders["photos"].rglob("*.jpg"))[::997][:20], work / "q-photos")}
         search = Searcher(demo.local_url, queries)
         figures["photos"]["search_idle"] = search.idle("photos", mode["queries"])
         figures["photos"]["search_http_idle"] = search.http(demo.local_url, "photos", mode["queries"])
@@ -334,7 +360,7 @@ def run(args, work: Path) -> dict:
             figures["fashion"]["collection"] = make_fashion(folders["fashion"], args.fashion or (
                 mode["fashion"] if args.quick else None))
             figures["fashion"].update(scan_time(folders["fashion"]))
-            queries["fashion"] = sorted(folders["fashion"].rglob("*.png"))[::997][:20]
+            queries["fashion"] = query_copies(sorted(folders["fashion"].rglob("*.png"))[::997][:20], work / "q-fashion")
             proc = build(folders["fashion"], indexes, "fashion", background=True)
             figures["photos"]["search_while_another_index_builds"] = search.during("photos", proc)
             figures["fashion"]["build"] = {**built(proc), "note": "built while the app answered paced searches "
@@ -358,6 +384,8 @@ def run(args, work: Path) -> dict:
             log(f"{kind}: refresh {figures[kind]['refresh']}, searches {figures[kind]['search_while_refreshing']}")
             figures[kind]["search_after_refresh"] = search.idle(kind, mode["queries"] // 2)
     finally:
+        if search is not None:
+            search.close()
         demo.close()
     for kind in kinds:
         figures[kind]["explore"] = explore(indexes, kind)
