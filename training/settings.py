@@ -240,6 +240,8 @@ class _TrainConfigBase:
         for name in ("data_dir", "out", "val_dir"):  # folders may come as Path objects
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
+        if self.init == SCRATCH:  # random weights, in code as on the command line
+            self.init = None
 
     def given(self, name: str) -> bool:
         """Whether setting ``name`` was given (a flag typed, a form field filled, a keyword passed)."""
@@ -356,7 +358,7 @@ def config_from_values(data_dir: str, values: dict[str, Any]) -> TrainConfig:
 
 
 def _config(data_dir: str, given: dict[str, Any]) -> TrainConfig:
-    values = {**given, "init": None} if given.get("init") == SCRATCH else dict(given)
+    values = dict(given)  # init=scratch becomes None in TrainConfig
     start = default_init(given)
     if start is not None:
         values["init"] = start

@@ -73,6 +73,7 @@ def test_the_flags_typed_are_recorded_even_when_they_equal_the_default(tmp_path)
     assert cfg.given("batch_size") and not cfg.given("image_size")
     bare = S.config_from_args(parse(str(tmp_path), "--init", "scratch"))
     assert bare.explicit == ("init",) and bare == TrainConfig(data_dir=str(tmp_path), init=None)
+    assert TrainConfig(data_dir=str(tmp_path), init=S.SCRATCH).init is None  # in code as on the command line
     assert S.config_from_args(parse(str(tmp_path), "--no-channels-last")).channels_last is False
     # a config built in code records the keywords it was given; dataclasses.replace keeps the record
     coded = TrainConfig("x", method="simclr", batch_size=128)
