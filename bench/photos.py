@@ -189,7 +189,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--part", default=None, help="these rows are a share of the benchmark (e.g. --groups "
                     "pretrained on another core): write <name>_part_<PART>.json instead; --merge joins the parts")
     ap.add_argument("--merge", nargs="+", default=None, metavar="PART", help="run no row: join the part files "
-                    "<name>_part_<PART>.json into <name>.json, rows in table order, goals judged on all of them")
+                    "<name>_part_<PART>.json into <name>.json, rows in table order, goals judged on all of them; a row in "
+                    "several parts is taken from the last one named")
 
 
 def minutes_of(args) -> float:
@@ -357,7 +358,8 @@ def part_name(result_name: str, part: str) -> str:
 
 def merge_parts(name: str, args, columns, headline, title: str) -> int:
     """Join part files (rows run by separate processes, e.g. one per core) into one result: each row as its part
-    measured it, in the table order of :func:`plan`; the parts' settings, machines and dates are kept beside."""
+    measured it, in the table order of :func:`plan`; the parts' settings, machines and dates are kept beside. A row
+    in more than one part (a row run again) is taken from the last part named, and ``replaced_rows`` says so."""
     from bench.common import RESULTS
 
     result_name = f"{name}_quick" if args.quick else name
@@ -368,11 +370,12 @@ def merge_parts(name: str, args, columns, headline, title: str) -> int:
             raise SystemExit(f"no part {part!r}: {path} is missing (run the rows with --part {part})")
         parts[part] = json.loads(path.read_text())
     rows: dict[str, dict] = {}
+    replaced: dict[str, str] = {}  # row -> the part whose figures a later part's replaced (a rerun of a row)
     for part, res in parts.items():
         for row, figures in res["figures"]["rows"].items():
             if row in rows:
-                raise SystemExit(f"row {row!r} is in more than one part")
-            rows[row] = figures
+                replaced[row] = rows[row]["part"]
+            rows[row] = {**figures, "part": part}
     first = next(iter(parts.values()))["settings"]
     order = [r.name for r in plan(GROUPS, first["methods"], first["pretrained"], first["teacher"])]
     rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
@@ -380,6 +383,7 @@ def merge_parts(name: str, args, columns, headline, title: str) -> int:
     keep = {k: v for k, v in first.items() if k not in ("groups", "total_seconds", "runs_dir")}
     path = save_result(result_name, {"rows": rows, "goals": g}, **keep, merged_from={
         part: {"groups": res["settings"]["groups"], "total_seconds": res["settings"].get("total_seconds"),
-               "machine": res["machine"], "date": res["date"]} for part, res in parts.items()})
+               "machine": res["machine"], "date": res["date"]} for part, res in parts.items()},
+        replaced_rows={row: f"part {old} replaced by part {rows[row]['part']}" for row, old in replaced.items()})
     report(path, args, rows, g, columns, headline, f"{title}; merged from parts {', '.join(parts)}")
     return 1 if any("error" in r for r in rows.values()) else 0

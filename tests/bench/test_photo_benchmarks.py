@@ -177,7 +177,7 @@ def test_goals_compare_rows_on_every_headline_metric():
     assert g["vs_lightly"] == {"lightly-simclr": True, "lightly-simclr from x": None}
 
 
-def test_parts_run_apart_merge_into_one_result_in_table_order(monkeypatch, tmp_path):
+def test_parts_run_apart_merge_into_one_result_in_table_order_the_last_part_winning(monkeypatch, tmp_path):
     import argparse
     import json
 
@@ -201,8 +201,13 @@ def test_parts_run_apart_merge_into_one_result_in_table_order(monkeypatch, tmp_p
     assert merged["figures"]["goals"]["best_trained"] == "simclr from x"
     assert merged["figures"]["goals"]["best_beats_pretrained"] is True  # judged across the parts
     assert set(merged["settings"]["merged_from"]) == {"a", "b"}
-    part("c", {"pixels": {"group": "baselines", "m": 0.1}})  # a row two parts both ran is refused
-    with pytest.raises(SystemExit, match="more than one part"):
-        photos.run_benchmark("bench", ap.parse_args(["--merge", "a", "c"]), None, None, ("m",), ("m",), "t")
+    assert merged["figures"]["rows"]["pixels"]["part"] == "a" and merged["settings"]["replaced_rows"] == {}
+    part("c", {"simclr from x": {"group": "pretrained", "m": 0.4}})  # a row run again: the last part named wins
+    photos.run_benchmark("bench", ap.parse_args(["--merge", "a", "b", "c", "--json"]), None, None, ("m",), ("m",),
+                         "t")
+    merged = json.loads((tmp_path / "bench.json").read_text())
+    assert merged["figures"]["rows"]["simclr from x"] == {"group": "pretrained", "m": 0.4, "part": "c"}
+    assert merged["settings"]["replaced_rows"] == {"simclr from x": "part b replaced by part c"}
+    assert merged["figures"]["goals"]["best_beats_pretrained"] is False  # judged on the row that replaced it
     with pytest.raises(SystemExit, match="missing"):
         photos.run_benchmark("bench", ap.parse_args(["--merge", "a", "z"]), None, None, ("m",), ("m",), "t")
