@@ -29,6 +29,7 @@ run the work directly. Layering: this module belongs to retrieval and shares no 
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -44,6 +45,8 @@ GATHER_BYTES = 16 << 20
 # How long a rank waits at a collective for the others: a build's ranks meet after embedding their shards, so the
 # wait is the spread between the fastest and the slowest shard. torchrun stops every rank when one dies.
 TIMEOUT = timedelta(hours=12)
+LEAVE_WAIT_S = 60.0  # at the end, how long a rank waits for the others to leave with it (leave_group)
+_LEFT_KEY = "lookalike/left"
 
 
 class Ranks:
@@ -79,7 +82,7 @@ class Ranks:
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+            leave_group()
 
     def __enter__(self) -> "Ranks":
         return self
@@ -179,6 +182,25 @@ class Ranks:
         skipped = sorted((s for _, sk, _ in reports for s in sk), key=lambda s: position[s.path])
         seconds = max(sec for _, _, sec in reports)
         return EmbedResult([paths[i] for i in order], vectors, skipped, seconds, mine.forward_threads)
+
+
+def leave_group() -> None:
+    """Leave the process group together. Tearing a group down while another rank still has a collective in flight
+    aborted that rank with SIGABRT ("terminate called without an active exception"; about one early-failing job in
+    four on a busy machine). So: a barrier (every collective before it is done on this rank), then each rank counts
+    itself in the job's key-value store and waits until every rank has (every rank's barrier is done: nothing is
+    in flight anywhere), then the group goes. A rank that is gone already just ends the wait."""
+    try:
+        dist.barrier()
+        store = dist.distributed_c10d._get_default_store()
+        world, deadline = dist.get_world_size(), time.monotonic() + LEAVE_WAIT_S
+        arrived = store.add(_LEFT_KEY, 1)
+        while arrived < world and time.monotonic() < deadline:
+            time.sleep(0.005)
+            arrived = store.add(_LEFT_KEY, 0)
+    except Exception:  # noqa: BLE001 - a rank or the store is gone already: nothing left to wait for
+        pass
+    dist.destroy_process_group()
 
 
 def encoder_key(identity: dict) -> dict:

@@ -53,7 +53,7 @@ def _rank_main(rank: int, port: int, argv_by_rank: list[list[str]], out: str, br
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         rc = main(argv_by_rank[rank])
-    dist.destroy_process_group()
+    distributed.leave_group()
     Path(out, f"rank{rank}.json").write_text(json.dumps({"rc": rc, "stdout": stdout.getvalue(),
                                                          "stderr": stderr.getvalue(),
                                                          "threads": torch.get_num_threads()}))
