@@ -1,15 +1,17 @@
 """Numeric precision of a model on its device: what an encoder embeds in, and what ``precision=auto`` trains in.
 
 Both follow one rule: bf16 where the hardware computes it natively — a CUDA GPU with bf16, or a CPU with AMX tiles
-or AVX512-BF16 — and fp32 elsewhere, where bf16 is emulated and measured 1.5-3x slower than fp32.
+or AVX512-BF16 — and fp32 elsewhere, where bf16 is emulated and measured 1.5-3x slower than fp32 (training on a
+GPU without bf16 takes fp16 with a gradient scaler instead: ``training.runtime.resolve_precision``).
 
 Embedding (:func:`embed_dtype`, used by :class:`retrieval.encoders.Encoder`): the forward pass runs under bf16
 autocast, the pooled features are cast back to float32 before they are normalised, so an index stores float32
-vectors whatever the precision. Measured with ``bench/embed_throughput.py --precision`` (2-core AMD EPYC with
-AVX512-BF16, no AMX, 2026-12-02): see the README's Performance section. The vectors of one image in bf16 and in
-fp32 agree to a cosine of 0.995 or more (EfficientNet-Lite0 at 224 px on
-Tux Paint photos: mean 0.999; resnet10t: 0.99998; ``tests/retrieval/test_precision.py`` checks it), so an index built in one precision
-answers queries embedded in the other. ``LOOKALIKE_EMBED_PRECISION=fp32`` (or ``bf16``) overrides the rule.
+vectors whatever the precision. Measured with ``bench/embed_precision.py`` (2-core AMD EPYC with AVX512-BF16, no
+AMX, 2026-12-02): the bare forward 1.6-1.8x faster in bf16 for every encoder measured, and over 256 Tux Paint
+photos an image's bf16 and fp32 vectors agree to a cosine of 0.991 or more (mean 0.999) with the pretrained
+EfficientNet-Lite0 (0.9998 with resnet10t; ``tests/retrieval/test_precision.py`` checks > 0.99), so an index built
+in one precision answers queries embedded in the other; the photo benchmarks' scores move in the third decimal.
+``LOOKALIKE_EMBED_PRECISION=fp32`` (or ``bf16``) overrides the rule.
 """
 
 from __future__ import annotations
