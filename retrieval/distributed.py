@@ -185,13 +185,13 @@ class Ranks:
 
 
 def leave_group() -> None:
-    """Leave the process group together. Tearing a group down while another rank still has a collective in flight
+    """Leave the process group together. Tearing a group down while another rank still had a collective in flight
     aborted that rank with SIGABRT ("terminate called without an active exception"; about one early-failing job in
-    four on a busy machine). So: a barrier (every collective before it is done on this rank), then each rank counts
-    itself in the job's key-value store and waits until every rank has (every rank's barrier is done: nothing is
-    in flight anywhere), then the group goes. A rank that is gone already just ends the wait."""
+    four on a busy machine). So each rank counts itself in the job's key-value store once its last collective has
+    returned and waits until every rank has (then nothing is in flight anywhere), then the group goes. The wait is
+    bounded (``LEAVE_WAIT_S``): a rank that fails alone, while the others wait in a collective, still leaves and
+    ends the job as before. The store, not a collective, so that such a rank cannot be matched with another's."""
     try:
-        dist.barrier()
         store = dist.distributed_c10d._get_default_store()
         world, deadline = dist.get_world_size(), time.monotonic() + LEAVE_WAIT_S
         arrived = store.add(_LEFT_KEY, 1)
