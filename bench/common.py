@@ -41,10 +41,11 @@ def machine_info() -> dict:
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
-        from retrieval.precision import ENV, cpu_has_native_bf16
+        from retrieval.precision import cpu_has_native_bf16, embed_dtype
 
-        info["native_bf16"] = cpu_has_native_bf16()  # what an encoder's forward runs in: retrieval.precision
-        info["embed_precision"] = os.environ.get(ENV) or "auto"
+        info["native_bf16"] = cpu_has_native_bf16()
+        # what an encoder's forward runs in on the CPU here, as retrieval.precision resolves it
+        info["embed_precision"] = "fp32" if embed_dtype(torch.device("cpu")) is None else "bf16"
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
@@ -89,6 +90,12 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
         return path
     finally:
         plt.close(fig)
+
+
+def quick_name(name: str, quick: bool) -> str:
+    """A result's file name: ``<name>_quick`` for a ``--quick`` run (git ignores those), so a quick check never
+    overwrites the full run's figures."""
+    return f"{name}_quick" if quick else name
 
 
 def save_result(name: str, figures: dict, **settings) -> Path:

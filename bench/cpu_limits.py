@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, save_result  # noqa: E402
+from bench.common import ROOT, quick_name, save_result  # noqa: E402
 
 NAME = "cpu_limits"
 PY = sys.executable
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["startup"] = startup(3 if args.quick else 7, work / f"idx-{args.cases[0]}", "cmd")
         if args.allocators:
             figures["allocators"] = allocators(2 if args.quick else 4)
-    path = save_result(NAME + ("_quick" if args.quick else ""), figures, mode=mode_name,
+    path = save_result(quick_name(NAME, args.quick), figures, mode=mode_name,
                        methods=list(mode["methods"] or []))
     print(json.dumps(figures, indent=1))
     print(f"wrote {path}", file=sys.stderr)

@@ -9,8 +9,9 @@ score is the weighted kNN accuracy of the 10,000 test images against the 60,000 
 nearest. Trained rows train on the 60,000 training images written as 28×28 PNGs to a temp folder, no labels.
 ``--db-images N`` scores against N of them only (the trained rows still train on all), and any cut-short split
 writes ``fashion_mnist_reduced.json`` instead of ``fashion_mnist.json``: on one CPU core a row of the pretrained
-architecture embeds at 224 px, about 180 images/s in bf16 (its default on a CPU with bf16 instructions,
-``retrieval.precision``; ~115 in fp32), so the 70,000 images take 7–10 minutes a row, and ``--eval-device cuda``
+architecture embeds at 224 px, 152 images/s in bf16 in the full run of 2026-12-02 (its default on a CPU with
+bf16 instructions, ``retrieval.precision``; bare forward 172 against 98 in fp32, ``bench/embed_precision.py``), so
+the 70,000 images take about 8 minutes a row, and ``--eval-device cuda``
 (embedding only) scores the full protocol in minutes.
 ``--quick`` uses 2,000 training and 1,000 test images (the first of a seeded permutation, for training too).
 
@@ -113,7 +114,7 @@ def write_pngs(images: np.ndarray, folder: Path, prefix: str = "") -> Path:
 
 def result_name(args) -> str:
     """``fashion_mnist`` for the full protocol, ``fashion_mnist_reduced`` when any split is cut short (``--quick``
-    gets ``_quick`` from :func:`bench.photos.run_benchmark`)."""
+    gets ``_quick`` from :func:`bench.common.quick_name`)."""
     cut = not args.quick and any(getattr(args, f"{k}_images") is not None for k in ("train", "test", "db"))
     return f"{NAME}_reduced" if cut else NAME
 

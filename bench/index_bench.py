@@ -79,7 +79,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import RESULTS, ROOT, machine_info, pyplot, save_figure, save_result, utc_now  # noqa: E402
+from bench.common import (RESULTS, ROOT, machine_info, pyplot, quick_name, save_figure,  # noqa: E402
+                          save_result, utc_now)
 from retrieval import index_store as ist  # noqa: E402
 
 NAME = "index_bench"
@@ -544,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(contention-robust); single_qps_wall: same loop on `threads` threads, wall-clock; "
                         "batched_qps and build_s: wall-clock on a possibly shared machine; speed-ups are ratios "
                         "within this run"}
-    name = NAME + ("_quick" if args.quick else "")  # a quick check never overwrites the full run's figures
+    name = quick_name(NAME, args.quick)
     path = save_result(name, figures, **settings)
     png = plot({**figures, "settings_threads": args.threads}, RESULTS / f"{name}.png")
     log(f"wrote {path}" + (f" and {png}" if png else "") + f" in {wall:.0f}s")

@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.demo import PRETRAINED_SPEC as PRETRAINED  # noqa: E402 (the pretrained encoder the demo uses)
-from bench.common import ROOT, save_result  # noqa: E402
+from bench.common import ROOT, quick_name, save_result  # noqa: E402
 from retrieval.allocator import release_free_memory  # noqa: E402
 from retrieval.errors import LookalikeError  # noqa: E402
 
@@ -189,8 +189,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--part", default=None, help="these rows are a share of the benchmark (e.g. --groups "
                     "pretrained on another core): write <name>_part_<PART>.json instead; --merge joins the parts")
     ap.add_argument("--merge", nargs="+", default=None, metavar="PART", help="run no row: join the part files "
-                    "<name>_part_<PART>.json into <name>.json, rows in table order, goals judged on all of them; a row in "
-                    "several parts is taken from the last one named")
+                    "<name>_part_<PART>.json into <name>.json, rows in table order, goals judged on all of them; a "
+                    "row in several parts is taken from the last one named")
 
 
 def minutes_of(args) -> float:
@@ -325,7 +325,7 @@ def run_benchmark(name: str, args, evaluate: Callable, train_dir: Callable[[], P
     finally:
         if tmp is not None:
             tmp.cleanup()
-    result_name = f"{name}_quick" if args.quick else name
+    result_name = quick_name(name, args.quick)
     if args.part:
         result_name = part_name(result_name, args.part)
     g = goals(results, headline, args.pretrained, args.teacher or args.pretrained)
@@ -362,7 +362,7 @@ def merge_parts(name: str, args, columns, headline, title: str) -> int:
     in more than one part (a row run again) is taken from the last part named, and ``replaced_rows`` says so."""
     from bench.common import RESULTS
 
-    result_name = f"{name}_quick" if args.quick else name
+    result_name = quick_name(name, args.quick)
     parts = {}
     for part in args.merge:
         path = RESULTS / f"{part_name(result_name, part)}.json"

@@ -51,7 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, ROOT, pyplot, save_figure, save_result  # noqa: E402
+from bench.common import RESULTS, ROOT, pyplot, quick_name, save_figure, save_result  # noqa: E402
 from retrieval.runformat import META, STATE, WEIGHTS, read_meta, read_metrics  # noqa: E402
 
 NAME = "quality"
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                     "map@10": "one relevant item per query", "goal_metrics": list(HEADLINE)},
         "runs_dir": args.runs_dir, "total_seconds": round(time.perf_counter() - t_start, 1),
     }
-    path = save_result(NAME + ("_quick" if args.quick else ""), {"rows": rows, "goal": g}, **settings)
+    path = save_result(quick_name(NAME, args.quick), {"rows": rows, "goal": g}, **settings)
     try:
         plot(rows, RESULTS / f"{NAME}{'_quick' if args.quick else ''}.png",
              f"cross-vendor emoji retrieval ({data.source}), {minutes:g} min per trained row")

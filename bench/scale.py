@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, save_result  # noqa: E402
+from bench.common import ROOT, quick_name, save_result  # noqa: E402
 
 NAME = "scale"
 SPEC = "random:resnet10t?size=64"
@@ -202,18 +202,18 @@ class Searcher:
         self.once(name)  # the first search loads the index and the encoder
         return latency([self.once(name) for _ in range(n)])
 
-    def http(self, url: str, name: str, n: int) -> dict:
+    def http(self, name: str, n: int) -> dict:
         """The same endpoint over plain HTTP, the query uploaded once, as the page sends it (it uploads a picture
         when it is dropped, then each search names the upload): the app's own time per search, without the
         client library's upload and event-stream handling (``gradio_api/call/search``, then its result)."""
-        self.http_once(url, name)  # the upload, and the first search
-        return latency([self.http_once(url, name) for _ in range(n)])
+        self.http_once(name)  # the upload, and the first search
+        return latency([self.http_once(name) for _ in range(n)])
 
-    def http_once(self, url: str, name: str) -> float:
+    def http_once(self, name: str) -> float:
         import httpx
 
         if self._http is None:
-            self._http = httpx.Client(base_url=url, timeout=120, trust_env=False)
+            self._http = httpx.Client(base_url=self.url, timeout=120, trust_env=False)
         h = self._http
         if name not in self._uploaded:
             with open(self.queries[name][0], "rb") as f:
@@ -251,17 +251,18 @@ class Searcher:
             times["gradio_client"].append(self.once(name))
             time.sleep(PACE_S)
             if busy.poll() is None:
-                times["http"].append(self.http_once(self.url, name))
+                times["http"].append(self.http_once(name))
                 time.sleep(PACE_S)
         return {**latency(times["gradio_client"]), "http": latency(times["http"])}
 
 
-def query_copies(files: list[Path], folder: Path) -> list[Path]:
-    """Copies of the query pictures outside the collection (as a user uploads one): the 1% of files a refresh
-    step deletes or rewrites may include a query (a deleted one failed the search while the index refreshed)."""
+def query_copies(collection: Path, pattern: str, folder: Path) -> list[Path]:
+    """Copies of 20 of the collection's pictures (every 997th), outside it (as a user uploads one): the 1% of files
+    a refresh step deletes or rewrites may include a query (a deleted one failed the search while the index
+    refreshed)."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for i, src in enumerate(files):
+    for i, src in enumerate(sorted(collection.rglob(pattern))[::997][:20]):
         out.append(folder / f"{i:02d}{src.suffix}")
         shutil.copyfile(src, out[-1])
     return out
@@ -350,23 +351,23 @@ def run(args, work: Path) -> dict:
     demo = launch(workspace=Workspace(indexes), port=free_port(), block=False, examples=[])
     search = None
     try:
-        queries = {"photos": query_copies(sorted(folders["photos"].rglob("*.jpg"))[::997][:20], work / "q-photos")}
+        queries = {"photos": query_copies(folders["photos"], "*.jpg", work / "q-photos")}
         search = Searcher(demo.local_url, queries)
         figures["photos"]["search_idle"] = search.idle("photos", mode["queries"])
-        figures["photos"]["search_http_idle"] = search.http(demo.local_url, "photos", mode["queries"])
+        figures["photos"]["search_http_idle"] = search.http("photos", mode["queries"])
         figures["photos"]["search_engine_only"] = search.engine(indexes, "photos", mode["queries"])
         log(f"photos: idle search {figures['photos']['search_idle']}")
         if "fashion" in kinds:
             figures["fashion"]["collection"] = make_fashion(folders["fashion"], args.fashion or (
                 mode["fashion"] if args.quick else None))
             figures["fashion"].update(scan_time(folders["fashion"]))
-            queries["fashion"] = query_copies(sorted(folders["fashion"].rglob("*.png"))[::997][:20], work / "q-fashion")
+            queries["fashion"] = query_copies(folders["fashion"], "*.png", work / "q-fashion")
             proc = build(folders["fashion"], indexes, "fashion", background=True)
             figures["photos"]["search_while_another_index_builds"] = search.during("photos", proc)
             figures["fashion"]["build"] = {**built(proc), "note": "built while the app answered paced searches "
                                                                   "on photos"}
             figures["fashion"]["search_idle"] = search.idle("fashion", mode["queries"])
-            figures["fashion"]["search_http_idle"] = search.http(demo.local_url, "fashion", mode["queries"])
+            figures["fashion"]["search_http_idle"] = search.http("fashion", mode["queries"])
             figures["fashion"]["search_engine_only"] = search.engine(indexes, "fashion", mode["queries"])
             log(f"fashion: {figures['fashion']}")
         for kind in kinds:
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"mode": "quick" if args.quick else "full", "encoder": SPEC, "photo_size": PHOTO_SIZE, "k": K,
                 "changed_fraction": CHANGED, "pace_s": PACE_S, "wall_s": round(time.perf_counter() - T0, 1),
                 "command": "python bench/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    path = save_result(NAME + ("_quick" if args.quick else ""), figures, **settings)
+    path = save_result(quick_name(NAME, args.quick), figures, **settings)
     log(f"wrote {path}")
     print(json.dumps(figures, indent=2))
     return 0

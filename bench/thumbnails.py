@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import save_result  # noqa: E402
+from common import quick_name, save_result  # noqa: E402
 from embed_throughput import make_jpegs  # noqa: E402
 
 PHOTO = (4000, 3000)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     photos, repeats = (12, 1) if args.quick else (50, 3)
     figures = run(photos, repeats)
-    path = save_result("thumbnails" + ("_quick" if args.quick else ""), figures, photos=photos, repeats=repeats,
+    path = save_result(quick_name("thumbnails", args.quick), figures, photos=photos, repeats=repeats,
                        photo_size=list(PHOTO), jpeg_quality=QUALITY, parallel_fetches=PARALLEL,
                        mode="quick" if args.quick else "full")
     for case in ("before", "after_cold", "after_warm"):
