@@ -3,7 +3,8 @@
 Spec strings (the same on the CLI, in the UI and in index manifests):
 
 * ``pixels`` — the image downsampled to 32×32 RGB, standardised per image (cosine = pixel correlation). The floor
-  every learned encoder has to beat.
+  every learned encoder has to beat. A picture with no contrast (black, white, any grey) has nothing to correlate:
+  it gets the direction every such picture shares (:func:`unit_rows`), so black photos find black photos.
 * ``random:NAME`` — a timm backbone with seeded random weights, the "no training" baseline.
 * ``timm:NAME`` — a timm backbone with pretrained weights, only if they are already on this machine: a package
   that ships them (``timm:tf_efficientnet_lite0``, ``…lite1``, ``…lite2``: ImageNet weights from the ``pretrained``
@@ -58,6 +59,7 @@ PIXELS_SIZE = 32
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
             "nearest": Image.Resampling.NEAREST}
 GRID_CELLS = 4  # cells per side of the "grid" pooling
+DEGENERATE_NORM = 1e-6  # a row of features this short has no direction (unit_rows)
 
 
 def build_backbone(backbone: str, stem: str = "default", pretrained: bool = False, **kwargs: Any) -> nn.Module:
@@ -164,24 +166,35 @@ class Encoder:
     @torch.inference_mode()
     def embed_uint8(self, batch: torch.Tensor) -> np.ndarray:
         """uint8 (B, 3, S, S) → float32 (B, dim), each row L2-normalised."""
-        x = batch.to(self.device, non_blocking=True).float().div_(255.0)  # (B, 3, S, S) in [0, 1]
+        x = batch.to(self.device, non_blocking=True).float()  # (B, 3, S, S) in [0, 255]
         if self.kind == "pixels":
-            z = x.flatten(1)  # (B, 3·S·S)
-            z = z - z.mean(dim=1, keepdim=True)
+            z = x.flatten(1)  # (B, n = 3·S·S), whole numbers
+            z = z * z.shape[1] - z.sum(dim=1, keepdim=True)  # n·(x - mean): exact in float32 (n·255 < 2**24)
         else:
+            x = x.div_(255.0)
             mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
             std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
             with torch.autocast(x.device.type, dtype=self.autocast or torch.float32,
                                 enabled=self.autocast is not None):
                 z = pooled_features(self.model, x, self.pool).float()  # (B, dim), float32 in any precision
-        z = F.normalize(z, dim=1, eps=1e-12)
-        return z.cpu().numpy().astype(np.float32, copy=False)
+        return unit_rows(z).cpu().numpy().astype(np.float32, copy=False)
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), np.float32)
         return self.embed_uint8(torch.stack([self.preprocess(im) for im in images]))
+
+
+def unit_rows(z: torch.Tensor) -> torch.Tensor:
+    """(B, dim) → (B, dim) with unit rows. A row with no direction — a uniform picture's pixels once centred (black,
+    white, any grey), or a network's all-zero features — becomes the all-ones direction: every such picture gets
+    the same well-defined vector, so a black photo finds the other black and uniform photos, and an index of a
+    folder with a lens-cap shot in it builds. Centred pixel rows are orthogonal to it, so it never ties with a
+    picture that has any contrast."""
+    norms = z.norm(dim=1, keepdim=True)  # (B, 1)
+    flat = torch.full_like(z, z.shape[1] ** -0.5)
+    return torch.where(norms > DEGENERATE_NORM, z / norms.clamp_min(DEGENERATE_NORM), flat)
 
 
 def _parse_options(rest: str) -> tuple[str, dict[str, str]]:

@@ -159,6 +159,38 @@ def write_exif_rotated_jpeg(path: Path, orientation: int = 6) -> Path:
     return write_bytes(path, image_bytes(im, "JPEG", quality=95, subsampling=0, exif=exif.tobytes()))
 
 
+def write_uniform(path: Path, colour=(0, 0, 0), size=(64, 48), mode: str = "RGB") -> Path:
+    """One colour everywhere: a lens-cap shot (black JPEG), a blank scan (white), a 1x1 pixel, a 1x4000 strip, a
+    fully transparent PNG (``mode="RGBA"``, alpha 0: white once composited). The format follows the suffix."""
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".webp": "WEBP"}[path.suffix.lower()]
+    extra = {"quality": 95} if fmt == "JPEG" else {}
+    return write_bytes(path, image_bytes(Image.new(mode, size, colour), fmt, **extra))
+
+
+# Uniform and degenerate pictures, {relative path: (colour, size, mode)}; each is a collection item. The ones that
+# decode to black (BLACK_SET) must find each other with any encoder: the same pixels once resized.
+UNIFORM = {
+    "uniform/black.jpg": ((0, 0, 0), (64, 48), "RGB"),
+    "uniform/black-1x1.png": ((0, 0, 0), (1, 1), "RGB"),
+    "uniform/black-strip-1x4000.png": ((0, 0, 0), (1, 4000), "RGB"),
+    "uniform/black-strip-4000x1.jpg": ((0, 0, 0), (4000, 1), "RGB"),
+    "uniform/white-scan.png": (WHITE, (48, 64), "RGB"),
+    "uniform/grey.gif": ((128, 128, 128), (16, 16), "RGB"),
+    "uniform/transparent.png": ((0, 0, 0, 0), (32, 32), "RGBA"),
+    "uniform/red-1x1.png": (RED, (1, 1), "RGB"),
+    "uniform/blue-strip-3000x2.png": (BLUE, (3000, 2), "RGB"),
+}
+BLACK_SET = {"uniform/black.jpg", "uniform/black-1x1.png", "uniform/black-strip-1x4000.png",
+             "uniform/black-strip-4000x1.jpg"}
+
+
+def write_uniform_folder(root: Path) -> list[str]:
+    """Every picture of :data:`UNIFORM` under ``root``; their relative paths."""
+    for rel, (colour, size, mode) in UNIFORM.items():
+        write_uniform(root / rel, colour, size, mode)
+    return sorted(UNIFORM)
+
+
 def try_symlink(target: str, link: Path) -> bool:
     """Make a symbolic link if the platform allows it."""
     try:
@@ -194,6 +226,8 @@ def make_hostile_folder(root: Path, fifo: bool = False) -> dict[str, Expect]:
     write_animated(add("good/animated.gif", ITEM, OK))
     write_exif_rotated_jpeg(add("good/rotated.jpg", ITEM, OK))
     write_bytes(add("good/actually-a-png.jpg", ITEM, OK), solid_png(BLUE))  # extension lies, content fine
+    for rel in write_uniform_folder(root / "good"):  # one colour, 1x1 pixels, long thin strips, fully transparent
+        add(f"good/{rel}", ITEM, OK)
 
     write_empty(add("bad/empty.jpg", "empty file", "empty file"))
     write_truncated_jpeg(add("bad/truncated.jpg", ITEM, "truncated or corrupt image"))

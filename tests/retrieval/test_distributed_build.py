@@ -136,3 +136,22 @@ def test_a_job_that_cannot_go_on_fails_on_every_rank_with_one_message(tmp_path, 
         assert IndexStore.open(indexes, "idx").manifest["encoder"]["kind"] == "pixels"
     else:  # nothing written, not even a half index
         assert not indexes.exists() or not list(indexes.iterdir())
+
+
+@pytest.mark.timeout(300)
+def test_uniform_pictures_build_under_two_ranks(tmp_path, folder):
+    """A black JPEG, a blank scan, 1x1 pixels, thin strips and a transparent PNG in the folder: the two-rank
+    pixels build takes them all and writes what one process writes."""
+    from tests.hostile import BLACK_SET, write_uniform_folder
+
+    uniform = write_uniform_folder(folder)
+    indexes = tmp_path / "indexes"
+    ranks = run_job(tmp_path, [build_argv(folder, indexes, "two", spec="pixels")] * WORLD)
+    assert [r["rc"] for r in ranks] == [0, 0], ranks
+    assert json.loads(ranks[0]["stdout"])["count"] == 39 + len(uniform)
+    Workspace(indexes).build(folder, "pixels", "one", progress=False)
+    (paths_two, vecs_two), (paths_one, vecs_one) = (IndexStore.open(indexes, n).vectors() for n in ("two", "one"))
+    assert paths_two == paths_one
+    np.testing.assert_allclose(vecs_two, vecs_one, rtol=1e-5, atol=1e-6)
+    hits = Workspace(indexes).search("two", folder / "uniform" / "black.jpg", k=10)
+    assert BLACK_SET <= {h.path for h in hits if h.score >= 1 - 1e-4}

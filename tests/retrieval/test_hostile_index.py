@@ -12,6 +12,7 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 
 from app.cli import main
@@ -112,3 +113,67 @@ def test_files_outside_the_collection_cannot_be_added(built, tmp_path):
         with pytest.raises(LookalikeError, match="is not inside the indexed collection"):
             ws.add("hostile", [path], progress=False)
     assert ws.store("hostile").paths() == before
+
+
+def _tiny_run(tmp_path):
+    """A training run folder (encoder.json + encoder.safetensors) of a tiny backbone, as `lookalike train` writes."""
+    from safetensors.torch import save_file
+
+    from retrieval.encoders import build_backbone, sha256_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = build_backbone("resnet10t")
+    save_file(model.state_dict(), str(run / "encoder.safetensors"))
+    meta = {"format_version": 1, "kind": "run", "backbone": "resnet10t", "method": "simclr", "image_size": 32,
+            "dim": model.num_features, "weights_sha256": sha256_file(run / "encoder.safetensors")}
+    (run / "encoder.json").write_text(json.dumps(meta))
+    return str(run)
+
+
+def _encoder_specs():
+    from retrieval.pretrained import available_pretrained
+
+    specs = ["pixels", "random:resnet10t?size=32", "random:resnet10t?size=32&pool=grid", "run"]
+    if available_pretrained():
+        specs.append(available_pretrained()[0] + "?size=32")
+    return specs
+
+
+@pytest.mark.parametrize("spec", _encoder_specs())
+def test_uniform_and_degenerate_pictures_index_with_every_encoder_kind(tmp_path, spec):
+    """Black, white and grey pictures, 1x1 pixels, long thin strips and a fully transparent PNG beside ordinary
+    photos: the build takes them all, and a black photo searched for finds the other black pictures first."""
+    root = tmp_path / "c"
+    uniform = hostile.write_uniform_folder(root)
+    hostile.write_bytes(root / "photo-1.jpg", hostile.noisy_jpeg(seed=1))
+    hostile.write_bytes(root / "photo-2.jpg", hostile.noisy_jpeg(seed=2))
+    spec = _tiny_run(tmp_path) if spec == "run" else spec
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["index", "build", str(root), "--encoder", spec, "--name", "u", "--indexes",
+                     str(tmp_path / "ix"), "--json"])
+    assert code == 0, out.getvalue()
+    report = json.loads(out.getvalue())
+    assert report["count"] == len(uniform) + 2 and report["skipped"] == []
+    ws = Workspace(tmp_path / "ix")
+    hits = ws.search("u", root / "uniform" / "black.jpg", k=len(uniform) + 2)
+    top = {h.path for h in hits if h.score >= 1 - 1e-4}
+    assert hostile.BLACK_SET <= top, [(h.path, round(h.score, 4)) for h in hits]
+    assert not top & {"photo-1.jpg", "photo-2.jpg"}
+    _, vectors = ws.store("u").vectors()
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+def test_a_black_photo_finds_the_other_uniform_photos_with_pixels(tmp_path):
+    """The pixels encoder correlates pixels: a picture with no contrast has none to correlate, so every uniform
+    grey (black, white, grey, transparent) shares one direction, orthogonal to every picture with contrast."""
+    root = tmp_path / "c"
+    hostile.write_uniform_folder(root)
+    hostile.write_bytes(root / "photo.jpg", hostile.noisy_jpeg(seed=1))
+    ws = Workspace(tmp_path / "ix")
+    ws.build(root, "pixels", "u", progress=False)
+    scores = {h.path: h.score for h in ws.search("u", root / "uniform" / "black.jpg", k=20)}
+    greys = hostile.BLACK_SET | {"uniform/white-scan.png", "uniform/grey.gif", "uniform/transparent.png"}
+    assert all(scores[p] == pytest.approx(1.0, abs=1e-5) for p in greys)
+    assert abs(scores["photo.jpg"]) < 1e-3  # nothing in common with a picture that has contrast
