@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from retrieval.encoder_kinds import specs_help
 from retrieval.errors import LookalikeError
 from retrieval.identity import describe_identity
 from retrieval.index_kinds import DEFAULT_INDEX_TYPE, INDEX_TYPES, types_help
@@ -197,7 +198,7 @@ def _add_index_commands(sub) -> None:
     b = idx.add_parser("build", help="embed every image of DIR into a new index")
     b.add_argument("dir")
     b.add_argument("--encoder", required=True, metavar="SPEC",
-                   help="pixels | random:NAME | timm:NAME | runs/RUN (a trained encoder)")
+                   help=f"{specs_help()} (a trained encoder)")
     b.add_argument("--name", required=True)
     b.add_argument("--type", default=DEFAULT_INDEX_TYPE, choices=INDEX_TYPES,
                    help=f"index kind (default {DEFAULT_INDEX_TYPE}) - {types_help()}")

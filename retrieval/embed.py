@@ -113,7 +113,7 @@ class _ForwardThreads:
     def __init__(self, encoder: Encoder, workers: int):
         self.workers = workers
         self.narrow = max(1, cpu_count() - workers)
-        self.active = (encoder.device.type == "cpu" and encoder.kind != "pixels" and workers > 0
+        self.active = (encoder.device.type == "cpu" and encoder.runs_network and workers > 0
                        and torch.get_num_threads() > self.narrow)
         self.saved = 0
 

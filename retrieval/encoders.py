@@ -13,6 +13,9 @@ Spec strings (the same on the CLI, in the UI and in index manifests):
   (``interpolation`` of its timm ``pretrained_cfg``, bicubic for the EfficientNets) and normalised with its mean/std.
 * a path to a training run directory (``runs/NAME``) with ``encoder.safetensors`` + ``encoder.json``.
 
+Each kind is a row of :data:`retrieval.encoder_kinds.KINDS` naming its builder here (:func:`pixels_encoder`,
+:func:`random_encoder`, :func:`timm_encoder`, :func:`run_encoder`); :func:`load_encoder` asks the table.
+
 ``random:`` and ``timm:`` take options after ``?``: ``size`` (input pixels), ``stem`` (``default``/``small``),
 ``seed`` (random only), ``file`` (timm only), ``pool``, e.g. ``random:resnet18?size=64&stem=small``. A run
 directory takes ``?pool=`` too (``runs/demo-simclr?pool=avg``); otherwise it uses the pooling it was trained for.
@@ -46,6 +49,7 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
+from .encoder_kinds import RUN, kind_named, kind_of, specs_help
 from .errors import CheckpointError, LookalikeError, WeightsUnavailableError
 from .fsutil import sha256_file  # the weights' digest of an identity (also imported from here)
 from .precision import embed_dtype
@@ -124,11 +128,19 @@ class Encoder:
     autocast: torch.dtype | None = field(init=False, default=None)  # what ``precision`` resolves to (None: fp32)
 
     def __post_init__(self) -> None:
-        if self.kind != "pixels":
+        if kind_named(self.kind) is None:
+            raise LookalikeError(f"encoder kind {self.kind!r} is not in retrieval.encoder_kinds.KINDS")
+        if self.runs_network:
             self.autocast = embed_dtype(self.device, self.precision)
         if self.interpolation not in RESAMPLE:
             raise LookalikeError(f"unknown interpolation {self.interpolation!r} for encoder {self.spec!r}: use one "
                                  f"of {', '.join(RESAMPLE)}")
+
+    @property
+    def runs_network(self) -> bool:
+        """Whether its model is a network on normalised images (its kind's row); else a fixed function of the raw
+        0-255 pixel values, run in float32 (``pixels``)."""
+        return kind_named(self.kind).network
 
     @property
     def identity(self) -> dict:
@@ -167,9 +179,8 @@ class Encoder:
     def embed_uint8(self, batch: torch.Tensor) -> np.ndarray:
         """uint8 (B, 3, S, S) → float32 (B, dim), each row L2-normalised."""
         x = batch.to(self.device, non_blocking=True).float()  # (B, 3, S, S) in [0, 255]
-        if self.kind == "pixels":
-            z = x.flatten(1)  # (B, n = 3·S·S), whole numbers
-            z = z * z.shape[1] - z.sum(dim=1, keepdim=True)  # n·(x - mean): exact in float32 (n·255 < 2**24)
+        if not self.runs_network:
+            z = self.model(x)  # (B, dim)
         else:
             x = x.div_(255.0)
             mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
@@ -184,6 +195,15 @@ class Encoder:
         if not images:
             return np.zeros((0, self.dim), np.float32)
         return self.embed_uint8(torch.stack([self.preprocess(im) for im in images]))
+
+
+class CentredPixels(nn.Module):
+    """The ``pixels`` encoder's model: (B, 3, S, S) whole numbers 0-255 → (B, n = 3·S·S) pixels minus their mean,
+    times n (exact in float32 while n·255 < 2**24, so a uniform picture gives exactly zero)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1)  # (B, n)
+        return z * z.shape[1] - z.sum(dim=1, keepdim=True)  # (B, n) = n·(x - mean)
 
 
 def unit_rows(z: torch.Tensor) -> torch.Tensor:
@@ -265,8 +285,12 @@ def feature_dim(model: nn.Module, pool: str = "avg") -> int:
     return dim
 
 
-def _random_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
-    name, opts = _parse_options(rest)
+def pixels_encoder(spec: str, device: torch.device) -> Encoder:
+    return Encoder(spec, "pixels", None, PIXELS_SIZE, 3 * PIXELS_SIZE * PIXELS_SIZE, CentredPixels(), device=device)
+
+
+def random_encoder(spec: str, device: torch.device) -> Encoder:
+    name, opts = _parse_options(spec.partition(":")[2])
     seed = _int_opt(opts, "seed", 0)
     stem = opts.get("stem", "default")
     with torch.random.fork_rng(devices=[]):
@@ -288,12 +312,12 @@ def _packaged_backbone(name: str, stem: str, file: Path) -> nn.Module:
     return model
 
 
-def _timm_encoder(spec: str, rest: str, device: torch.device) -> Encoder:
+def timm_encoder(spec: str, device: torch.device) -> Encoder:
     import timm
 
     from . import pretrained  # the packaged weights' table (imports torch, like this module)
 
-    name, opts = _parse_options(rest)
+    name, opts = _parse_options(spec.partition(":")[2])
     stem = opts.get("stem", "default")
     file = opts.get("file")
     if file is None:
@@ -333,6 +357,16 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
+def run_encoder(spec: str, device: torch.device) -> Encoder:
+    """A training run's folder (``runs/NAME``, or ``runs/NAME?pool=avg``)."""
+    if Path(spec).is_dir():
+        return _run_encoder(spec, device)
+    path, sep, query = spec.rpartition("?")
+    if sep and Path(path).is_dir():
+        return _run_encoder(path, device, dict(parse_qsl(query, keep_blank_values=True)))
+    raise LookalikeError(f"unknown encoder {spec!r}: use {specs_help(' or ')} (a training run folder)")
+
+
 def _run_encoder(spec: str, device: torch.device, opts: dict[str, str] | None = None) -> Encoder:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -366,7 +400,7 @@ def _run_encoder(spec: str, device: torch.device, opts: dict[str, str] | None = 
     extra = {k: meta.get(k) for k in ("method", "metrics", "config", "data", "epoch", "step", "updated")}
     dim = int(meta["dim"]) if pool == meta.get("pool", "avg") else feature_dim(model, pool)
     name = str(run.resolve()) + ("" if pool == meta.get("pool", "avg") else f"?pool={pool}")
-    return Encoder(name, "run", meta["backbone"], int(meta["image_size"]), dim, _finish(model, device),
+    return Encoder(name, RUN, meta["backbone"], int(meta["image_size"]), dim, _finish(model, device),
                    mean=tuple(meta.get("mean", IMAGENET_MEAN)), std=tuple(meta.get("std", IMAGENET_STD)), stem=stem,
                    weights=digest, pool=pool, extra=extra, device=device,
                    interpolation=meta.get("interpolation", "bilinear"))
@@ -382,21 +416,6 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
 
 
 def load_encoder(spec: str, device: str | torch.device = "cpu") -> Encoder:
-    """Build an :class:`Encoder` from a spec string (see module docstring)."""
+    """Build an :class:`Encoder` from a spec string (see module docstring) with its kind's builder."""
     spec = str(spec).strip()
-    dev = resolve_device(device)
-    if spec == "pixels":
-        return Encoder("pixels", "pixels", None, PIXELS_SIZE, 3 * PIXELS_SIZE * PIXELS_SIZE, nn.Identity(),
-                       device=dev)
-    if spec.startswith("random:"):
-        return _random_encoder(spec, spec[len("random:"):], dev)
-    if spec.startswith("timm:"):
-        return _timm_encoder(spec, spec[len("timm:"):], dev)
-    if Path(spec).is_dir():
-        return _run_encoder(spec, dev)
-    path, sep, query = spec.rpartition("?")
-    if sep and Path(path).is_dir():  # runs/NAME?pool=avg
-        return _run_encoder(path, dev, dict(parse_qsl(query, keep_blank_values=True)))
-    raise LookalikeError(
-        f"unknown encoder {spec!r}: use 'pixels', 'random:<timm-name>', 'timm:<timm-name>' or a training run "
-        "directory (runs/NAME)")
+    return kind_of(spec).builder()(spec, resolve_device(device))

@@ -3,6 +3,7 @@ index does not import a deep-learning stack."""
 
 from __future__ import annotations
 
+from .encoder_kinds import describe_network, kind_named
 from .errors import EncoderMismatchError
 
 # Backbone stems and poolings an encoder may have (retrieval.encoders builds them; training offers them).
@@ -20,15 +21,10 @@ def identity_matches(a: dict, b: dict) -> bool:
 
 
 def describe_identity(identity: dict) -> str:
-    """Short human form, e.g. ``simclr resnet10t @64px (3fa2c1d0)``."""
-    kind = identity.get("kind")
-    if kind == "pixels":
-        return f"pixels {identity.get('image_size')}x{identity.get('image_size')}"
-    weights = str(identity.get("weights", ""))
-    short = weights[:8] if kind == "run" else weights
-    label = identity.get("method") or kind
-    pool = " grid" if identity.get("pool", "avg") != "avg" else ""
-    return f"{label} {identity.get('backbone')} @{identity.get('image_size')}px{pool} ({short})"
+    """Short human form, e.g. ``simclr resnet10t @64px (3fa2c1d0)``, as the identity's kind writes it."""
+    row = kind_named(identity.get("kind"))
+    describe = row.describe if row is not None and row.describe is not None else describe_network
+    return describe(identity)
 
 
 def mismatch_error(index_name: str, built: dict, other: dict) -> EncoderMismatchError:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .encoder_kinds import kind_named
 from .encoders import Encoder, load_encoder
 from .errors import LookalikeError
 
@@ -36,7 +37,7 @@ class InitWeights:
 
     @classmethod
     def from_encoder(cls, enc: Encoder) -> "InitWeights":
-        if enc.kind not in ("timm", "run"):
+        if not kind_named(enc.kind).trained:
             raise LookalikeError(f"{enc.spec!r} has no trained weights to start from: give a pretrained spec "
                                  "(timm:NAME, e.g. timm:tf_efficientnet_lite0) or a training run directory")
         model = enc.model.train().requires_grad_(True)
@@ -45,6 +46,6 @@ class InitWeights:
 
 
 def load_init(spec: str) -> InitWeights:
-    """The weights a spec names, ready to fine-tune or to teach from. Raises LookalikeError for ``pixels`` and
-    ``random:`` specs (nothing to start from) and whatever :func:`load_encoder` raises for the spec."""
+    """The weights a spec names, ready to fine-tune or to teach from. Raises LookalikeError for a kind without
+    trained weights (``pixels``, ``random:``: nothing to start from) and whatever :func:`load_encoder` raises."""
     return InitWeights.from_encoder(load_encoder(spec))

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"retrieval": {"training", "app", "bench", "tests"}, "training": {"app", "bench", "tests"}}
 # Torch-free modules: importing them must not import torch (start-up of the CLI, the run format for every reader).
 TORCH_FREE = ("retrieval/fsutil.py", "retrieval/runformat.py", "retrieval/identity.py", "retrieval/index_kinds.py",
+              "retrieval/encoder_kinds.py",
               "retrieval/store_files.py", "retrieval/errors.py")
 
 

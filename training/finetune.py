@@ -127,9 +127,10 @@ def _finetune_lr(cfg: TrainConfig) -> None:
 def _load(flag: str, spec: str):
     from pathlib import Path
 
+    from retrieval.encoder_kinds import kind_of
     from retrieval.init_weights import load_init
 
-    if not spec.startswith("timm:"):
+    if kind_of(spec).folder:
         path, mark, options = spec.partition("?")
         if not Path(path).expanduser().is_dir():
             raise LookalikeError(f"--{flag} {spec}: no such training run directory (give a run's folder or a "

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from retrieval.collection import scan
+from retrieval.encoder_kinds import RUN
 from retrieval.encoders import Encoder
 from retrieval.errors import BadImageError, LookalikeError
 from retrieval.imageio import load_image
@@ -36,7 +37,7 @@ class KnnMonitor:
         from .augment import MEAN, STD
 
         aug = self.cfg.augment_config()
-        return Encoder(spec="(training)", kind="run", backbone=self.cfg.backbone, image_size=self.cfg.image_size,
+        return Encoder(spec="(training)", kind=RUN, backbone=self.cfg.backbone, image_size=self.cfg.image_size,
                        dim=dim, model=backbone, mean=tuple(aug.mean or MEAN),
                        std=tuple(aug.std or STD), stem=self.cfg.stem, pool=self.cfg.pool, device=self.device)
 

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from retrieval.encoder_kinds import RUN
 from retrieval.errors import LookalikeError
 from retrieval.fsutil import atomic_write_bytes, now_iso, sha256_file
 from retrieval.runformat import FORMAT_VERSION, META, METRICS, STATE, WEIGHTS, read_meta
@@ -103,7 +104,7 @@ def encoder_meta(cfg: TrainConfig, dim: int, views, collection, data_fingerprint
     sources = sources or {}
     init = {"interpolation": sources["init"]["interpolation"]} if sources.get("init") else {}
     return {**init, **sources,
-        "format_version": FORMAT_VERSION, "kind": "run", "backbone": cfg.backbone, "method": cfg.method,
+        "format_version": FORMAT_VERSION, "kind": RUN, "backbone": cfg.backbone, "method": cfg.method,
         "image_size": cfg.image_size, "mean": list(views.mean), "std": list(views.std), "stem": cfg.stem,
         # the retrieval embedding: the backbone's features pooled as cfg.pool says (retrieval.encoders)
         "pool": cfg.pool, "dim": int(dim), "config": cfg.to_dict(),

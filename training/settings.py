@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrieval.encoder_kinds import kind_of
 from retrieval.errors import LookalikeError
 from retrieval.identity import POOLS, STEMS
 
@@ -72,9 +73,10 @@ SCRATCH = "scratch"  # --init scratch: random weights, even where a pretrained e
 
 
 def _is_weights_spec(value: str) -> bool:
-    """Whether ``value`` can name trained weights (``pixels`` and ``random:`` cannot); whether they are there is
-    checked when they are loaded (a resumed run needs its init no more: its checkpoint holds the weights)."""
-    return bool(value.strip()) and value.strip() != "pixels" and not value.startswith("random:")
+    """Whether ``value`` can name trained weights (its encoder kind's ``trained``: ``pixels`` and ``random:``
+    cannot); whether they are there is checked when they are loaded (a resumed run needs its init no more: its
+    checkpoint holds the weights)."""
+    return bool(value.strip()) and kind_of(value).trained
 
 
 def _method_names() -> tuple[str, ...]:

@@ -6,13 +6,14 @@ from datetime import datetime
 
 import gradio as gr
 
+from retrieval.encoder_kinds import specs_help, suggestions
 from retrieval.errors import LookalikeError
 from retrieval.index_kinds import DEFAULT_INDEX_TYPE, INDEX_TYPES
 from retrieval.runformat import META
 
 from ..context import Tab, human_bytes, user_errors
 
-ENCODER_SUGGESTIONS = ("pixels", "random:resnet10t?size=64", "random:resnet18?size=64&stem=small")
+ENCODER_SUGGESTIONS = tuple(suggestions())
 COLUMNS = ["name", "images", "encoder", "type", "size", "updated", "skipped"]
 
 
@@ -83,7 +84,7 @@ class IndexesTab(Tab):
 
     def encoder_dropdown(self, current: str | None = None):
         """Encoder suggestions, including training runs finished since the page was built."""
-        return gr.Dropdown(choices=self.encoder_choices(), value=current or "pixels")
+        return gr.Dropdown(choices=self.encoder_choices(), value=current or ENCODER_SUGGESTIONS[0])
 
     @user_errors
     def build(self, folder: str, encoder_spec: str, name: str, index_type: str = DEFAULT_INDEX_TYPE,
@@ -93,7 +94,7 @@ class IndexesTab(Tab):
         if not name:
             raise gr.Error("Give the new index a name (letters, digits, '.', '_' or '-').")
         if not encoder_spec:
-            raise gr.Error("Choose an encoder: pixels, random:NAME, timm:NAME or a training run directory.")
+            raise gr.Error(f"Choose an encoder: {specs_help(' or ')} (a training run directory).")
         progress(0, desc="loading encoder and scanning")
         report = self.ctx.ws.build(folder, encoder_spec, name,
                                    index_type=index_type or DEFAULT_INDEX_TYPE, overwrite=bool(overwrite),
@@ -135,8 +136,8 @@ class IndexesTab(Tab):
                 offered = self.ctx.folders.offered(self.ctx.train_dirs)
                 self.folder = gr.Textbox(label="Image folder (path on the server)" + self._allowed_note(),
                                          value=offered[0] if offered else "")
-                self.encoder = gr.Dropdown(self.encoder_choices(), value="pixels", allow_custom_value=True,
-                                           label="Encoder", info="pixels | random:NAME | timm:NAME | runs/RUN")
+                self.encoder = gr.Dropdown(self.encoder_choices(), value=ENCODER_SUGGESTIONS[0],
+                                           allow_custom_value=True, label="Encoder", info=specs_help())
                 with gr.Row():
                     self.name = gr.Textbox(label="Index name")
                     self.index_type = gr.Dropdown(list(INDEX_TYPES), value=DEFAULT_INDEX_TYPE, label="Index type")

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import gradio as gr
 import numpy as np
 
+from retrieval.encoder_kinds import network_of
 from training.settings import UI_PRESET, Setting, choices_of, config_from_values, ui_default, ui_settings
 
 from ..context import AppContext, Tab, user_errors
@@ -266,6 +267,4 @@ def _architecture(config) -> str:
     source = config.init or (config.teacher if not config.given("backbone") else None)
     if not source:
         return config.backbone
-    if source.startswith("timm:"):
-        return source.partition(":")[2].partition("?")[0]
-    return Path(source.partition("?")[0]).name
+    return network_of(source)
