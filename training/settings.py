@@ -1,6 +1,6 @@
 """Every training setting, declared once (type, default, help, valid values, choices), and the config they make.
 
-:class:`TrainConfig` has one field per setting, the ``lookalike train`` flags (:func:`add_arguments`), the web
+:class:`TrainConfig` (a plain ``@dataclass``) has one field per setting, the ``lookalike train`` flags (:func:`add_arguments`), the web
 UI's Train form (:func:`ui_settings`, :func:`ui_default`) and the checks of :meth:`TrainConfig.validate` are
 generated from :data:`SETTINGS`; choices come from the registries (method names from :data:`training.methods.METHODS`, stems and
 poolings from :mod:`retrieval.identity`). What the user gave is recorded in ``TrainConfig.explicit`` and saved
@@ -17,7 +17,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +223,8 @@ def _has_type(value: Any, kind: type) -> bool:
 
 
 # -- the config they make -----------------------------------------------------------------------------------------
-class _TrainConfigBase:
+@dataclass
+class TrainConfig:
     """Everything a training run needs. Field names follow the ``lookalike train`` flags (``--batch-size`` ->
     ``batch_size``; the one exception is ``--val`` -> ``val_dir``, a folder of labelled sub-folders for the kNN
     monitor); the whole config is saved in the run's ``encoder.json``.
@@ -237,8 +238,49 @@ class _TrainConfigBase:
     those with the run's own settings.
     """
 
+    # One field per setting of SETTINGS, in its order, with its type and default (tests/training/test_settings.py
+    # checks that the two agree); then the folder's and the structured settings.
+    data_dir: str
+    method: str = "simclr"
+    backbone: str = DEFAULT_BACKBONE
+    init: str | None = None
+    teacher: str | None = None
+    image_size: int = 64
+    batch_size: int = 128
+    epochs: int | None = None
+    minutes: float | None = None
+    stem: str = DEFAULT_STEM
+    pool: str = "avg"
+    lr: float | None = None
+    weight_decay: float | None = None
+    batchnorm: str = "auto"
+    optimizer: str = "adamw"
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    out: str | None = None
+    resume: bool = False
+    val_dir: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    workers: int | None = None
+    log_every: int = 10
+    checkpoint_minutes: float = 10.0
+    hparams: dict[str, Any] = field(default_factory=dict)
+    augment: dict[str, Any] = field(default_factory=dict)
+    explicit: tuple[str, ...] = None  # type: ignore[assignment]  # None: the arguments passed (see __new__)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> TrainConfig:
+        """Note what was passed, for ``explicit``: a config built in code says what it set as the CLI does
+        (``dataclasses.replace`` passes ``explicit`` on)."""
+        self = super().__new__(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        self._passed = tuple(n for n in (*names[1:len(args)], *kwargs) if n not in ("data_dir", "explicit"))
+        return self
+
     def __post_init__(self) -> None:
-        self.explicit = tuple(self.explicit)
+        self.explicit = tuple(getattr(self, "_passed", ()) if self.explicit is None else self.explicit)
+        self.__dict__.pop("_passed", None)
         for name in ("data_dir", "out", "val_dir"):  # folders may come as Path objects
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
@@ -294,33 +336,6 @@ class _TrainConfigBase:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able copy (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
-
-
-def _fields() -> list[tuple]:
-    settings = [(s.name, s.type if s.default is not None else s.type | None, dataclasses.field(default=s.default))
-                for s in SETTINGS]
-    return [("data_dir", str), *settings,
-            ("hparams", dict[str, Any], dataclasses.field(default_factory=dict)),
-            ("augment", dict[str, Any], dataclasses.field(default_factory=dict)),
-            ("explicit", tuple[str, ...], dataclasses.field(default=()))]
-
-
-TrainConfig = dataclasses.make_dataclass("TrainConfig", _fields(), bases=(_TrainConfigBase,))
-_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
-_dataclass_init = TrainConfig.__init__
-
-
-def _init_recording_what_was_given(self, *args: Any, explicit: tuple[str, ...] | None = None, **kwargs: Any) -> None:
-    """The dataclass's ``__init__``; without ``explicit`` the arguments passed (but the folder) are what was given,
-    so a config built in code says what it set as the CLI does (``dataclasses.replace`` passes ``explicit`` on)."""
-    if explicit is None:
-        explicit = tuple(n for n in (*_FIELD_NAMES[1:len(args)], *kwargs) if n != "data_dir")
-    _dataclass_init(self, *args, explicit=explicit, **kwargs)
-
-
-TrainConfig.__init__ = _init_recording_what_was_given
-TrainConfig.__module__ = __name__
-TrainConfig.__doc__ = _TrainConfigBase.__doc__
 
 
 # -- the command line -------------------------------------------------------------------------------------------

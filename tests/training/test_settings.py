@@ -56,6 +56,19 @@ def test_every_setting_is_a_flag_with_its_type_default_and_the_registry_choices(
         assert getattr(defaults, s.name) == s.default, s.name
 
 
+def test_the_config_is_a_plain_dataclass_with_one_field_per_setting():
+    import typing
+
+    assert TrainConfig.__init__.__qualname__ == "TrainConfig.__init__"  # the one @dataclass wrote, not a patch
+    fields = list(dataclasses.fields(TrainConfig))
+    names = [f.name for f in fields]
+    assert names == ["data_dir", *(s.name for s in S.SETTINGS), "hparams", "augment", "explicit"]
+    hints = typing.get_type_hints(TrainConfig)
+    for f, s in zip(fields[1:], S.SETTINGS):  # same type and default as the setting
+        assert f.default == s.default, s.name
+        assert hints[s.name] == (s.type if s.default is not None else s.type | None), s.name
+
+
 def test_ui_settings_and_preset():
     assert [s.name for s in S.ui_settings()] == ["method", "backbone", "init", "teacher", "image_size", "batch_size",
                                                  "minutes", "stem"]
