@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from retrieval.allocator import tune_allocator
 from retrieval.encoder_kinds import specs_help
 from retrieval.errors import LookalikeError
 from retrieval.identity import describe_identity
@@ -295,22 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# the commands that answer without a model (and without torch): tests/test_startup.py
-NO_MODEL = {("index", "list"), ("index", "info"), ("index", "remove")}
-
-
-def _runs_a_model(args) -> bool:
-    return (args.command, getattr(args, "index_cmd", None)) not in NO_MODEL
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if argv is None and _runs_a_model(args):  # the command line itself, about to run a model
-        from retrieval.allocator import reexec_with_tcmalloc
-
-        # returns only where tcmalloc is not installed (or not wanted); glibc is then tuned by retrieval.encoders
-        # on import, before any model is built
-        reexec_with_tcmalloc()
+    if argv is None:  # the command line itself: before anything is allocated (retrieval.allocator)
+        tune_allocator()
     try:
         return args.func(args)
     except LookalikeError as exc:

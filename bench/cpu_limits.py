@@ -15,8 +15,8 @@ fresh child process of this script, so each starts as a real command does (alloc
 * ``job/build``, ``job/train``: the same two through the web UI's job runner (``app.jobs.JobManager``, a thread of
   the app's process), as fractions of the same limits.
 * ``allocators`` (``--allocators``): the pretrained forward under glibc as it comes (``LOOKALIKE_ALLOCATOR=system``),
-  glibc tuned (``=glibc``), and tcmalloc / jemalloc preloaded where Debian's packages are installed (tcmalloc is
-  what the commands start with where it is installed: ``retrieval.allocator``); rounds interleaved, medians.
+  glibc tuned (what the commands start with: ``retrieval.allocator``), and tcmalloc / jemalloc preloaded where
+  Debian's packages are installed; rounds interleaved, medians (the whole command: ``bench/allocator.py``).
 * ``startup``: wall seconds of the commands that need no model (``--help``, ``index list``, ``index info``, a bad
   argument), median of runs.
 
@@ -63,7 +63,6 @@ def child(task: dict) -> dict:
     """One measurement in this (fresh) process; ``task["kind"]`` says which."""
     import torch
 
-    import retrieval.encoders  # noqa: F401  (what every Lookalike process imports: sets the allocator up)
     from retrieval.allocator import allocator_state
 
     case = CASES[task["case"]]
@@ -272,10 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:  # a Lookalike process as the commands run: tcmalloc where installed (retrieval.allocator)
-        from retrieval.allocator import reexec_with_tcmalloc
+    if args.child:  # a Lookalike process as the commands start it (app.cli.main: retrieval.allocator)
+        from retrieval.allocator import tune_allocator
 
-        reexec_with_tcmalloc()
+        tune_allocator()
         print(json.dumps(child(json.loads(args.child))))
         return 0
     mode_name = "quick" if args.quick else "full"

@@ -32,22 +32,16 @@ Pooling (``pool``) turns the backbone's feature maps into one vector:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
-
-from .allocator import tune_allocator
-
-tune_allocator()  # before torch allocates anything: every process that builds a model keeps its activation pages
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
 
 from .encoder_kinds import RUN, kind_named, kind_of, specs_help
 from .errors import CheckpointError, LookalikeError, WeightsUnavailableError

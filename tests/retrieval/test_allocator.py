@@ -1,4 +1,5 @@
-"""The allocator settings every model-running process gets (retrieval.allocator)."""
+"""The allocator settings every ``lookalike`` command starts with (retrieval.allocator), applied by name at the
+entry point (app.cli.main), never as a side effect of an import."""
 
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 PROBE = r"""
 import ctypes, json, sys
 sys.path.insert(0, {root!r})
-import retrieval.encoders  # what every model-running process imports
-from retrieval.allocator import allocator_state
+import retrieval.encoders  # what every model-running process imports: it must change nothing
+from retrieval.allocator import allocator_state, tune_allocator
+if {entry}:  # as app.cli.main does for the command line
+    sys.argv = ["lookalike", "index", "list", "--indexes", {root!r} + "/no-such-indexes"]
+    from app.cli import main
+    main()
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
@@ -39,24 +44,31 @@ print(json.dumps({{"state": allocator_state(), "mmapped_while_held": held}}))
 """
 
 
-def _run(script: str, **env: str) -> dict:
+def _run(script: str, entry: bool = True, **env: str) -> dict:
     """Run ``script`` in a fresh Python with no allocator settings inherited but ``env``; its last line's JSON."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("LOOKALIKE_ALLOCATOR", "LD_PRELOAD")}
     full_env.update(env)
-    out = subprocess.run([sys.executable, "-c", script.format(root=str(ROOT))], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", script.format(root=str(ROOT), entry=entry)], capture_output=True,
+                         text=True,
                          env=full_env, timeout=300, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _probe(**env: str) -> dict:
-    return _run(PROBE, **env)
+def _probe(entry: bool = True, **env: str) -> dict:
+    return _run(PROBE, entry, **env)
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's; elsewhere nothing is changed")
-def test_model_processes_serve_large_blocks_from_the_heap():
+def test_commands_serve_large_blocks_from_the_heap():
     tuned = _probe()
     assert tuned["state"] == "tuned"
     assert tuned["mmapped_while_held"] == 0  # a 64 MiB activation is not a fresh mmap that free() unmaps
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc's; elsewhere nothing is changed")
+def test_importing_the_encoders_leaves_the_allocator_as_it_comes():
+    imported = _probe(entry=False)
+    assert imported["state"] == "untouched" and imported["mmapped_while_held"] >= 64 << 20
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's; elsewhere nothing is changed")
@@ -79,41 +91,6 @@ def test_a_preloaded_allocator_is_left_alone(monkeypatch):
     assert allocator.tune_allocator() == "preloaded"  # once per process
 
 
-REEXEC = r"""
-import json, os, sys
-sys.path.insert(0, {root!r})
-from retrieval import allocator
-allocator.reexec_with_tcmalloc()  # returns only when it does not start the process again
-print(json.dumps({{"preload": os.environ.get("LD_PRELOAD", ""), "state": allocator.tune_allocator()}}))
-"""
-
-
-def _reexec(**env: str) -> dict:
-    return _run(REEXEC, **env)
-
-
-def test_a_command_starts_again_under_tcmalloc_where_it_is_installed():
-    from retrieval.allocator import tcmalloc_path
-
-    if tcmalloc_path() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("libtcmalloc-minimal4 is not installed (.ci/run installs it)")
-        pytest.skip("Debian's libtcmalloc-minimal4 is not installed")
-    again = _reexec()
-    assert again["preload"].startswith(tcmalloc_path()) and again["state"] == "preloaded"
-    assert _reexec(LOOKALIKE_ALLOCATOR="system") == {"preload": "", "state": "system"}
-    assert _reexec(LOOKALIKE_ALLOCATOR="glibc")["preload"] == ""  # glibc tuned, never tcmalloc
-
-
-def test_the_cli_starts_again_only_for_commands_that_run_a_model():
-    from app.cli import _runs_a_model, build_parser
-
-    parse = build_parser().parse_args
-    assert not _runs_a_model(parse(["index", "list"])) and not _runs_a_model(parse(["index", "info", "x"]))
-    assert _runs_a_model(parse(["index", "build", "d", "--encoder", "pixels", "--name", "x"]))
-    assert _runs_a_model(parse(["search", "x", "q.png"])) and _runs_a_model(parse(["train", "d", "--epochs", "1"]))
-
-
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_free_memory_kept_by_the_tuned_allocator_can_be_handed_back():
     code = textwrap.dedent("""
@@ -129,6 +106,6 @@ def test_free_memory_kept_by_the_tuned_allocator_can_be_handed_back():
         print(kept - rss())
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "LOOKALIKE_ALLOCATOR": "glibc"}, cwd=ROOT)
+                         env={k: v for k, v in os.environ.items() if k != "LOOKALIKE_ALLOCATOR"}, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) > 200 << 20  # most of the 320 MB went back
