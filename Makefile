@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test app bench clean
+.PHONY: install demo test lint app bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# ruff and mypy over the packages (settings in pyproject.toml)
+LINTED := app retrieval training
+lint: install
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/mypy $(LINTED)
 
 app: install
 	$(BIN)/lookalike app

@@ -13,6 +13,7 @@ from retrieval.encoder_kinds import specs_help
 from retrieval.errors import LookalikeError
 from retrieval.identity import describe_identity
 from retrieval.index_kinds import DEFAULT_INDEX_TYPE, INDEX_TYPES, types_help
+from training.settings import DEFAULT_DEVICE
 from training.settings import add_arguments as add_train_arguments
 
 # Start-up: this module and what it imports at the top stay free of torch, numpy and FAISS, so that help, argument
@@ -26,7 +27,7 @@ def _print_json(obj) -> None:
 def _workspace(args):
     from retrieval.workspace import Workspace
 
-    return Workspace(args.indexes, device=getattr(args, "device", "cpu"))
+    return Workspace(args.indexes, device=getattr(args, "device", DEFAULT_DEVICE))
 
 
 def _report_skipped(skipped, limit: int = 20) -> None:
@@ -84,7 +85,8 @@ def cmd_index_list(args) -> int:
         _print_json(rows)
         return 0
     if not rows:
-        print(f"no indexes under {args.indexes} (build one with 'lookalike index build DIR --encoder SPEC --name NAME')")
+        print(f"no indexes under {args.indexes} (build one with "
+              "'lookalike index build DIR --encoder SPEC --name NAME')")
     for m in rows:
         print(f"{m['name']:<24} {m.get('count', '?'):>8} images  {m.get('index_type', '?'):<6} "
               f"{describe_identity(m['encoder'])}  {m.get('root', '')}")
@@ -183,14 +185,19 @@ def cmd_demo(args) -> int:
 
 
 # ----- parser ----------------------------------------------------------------------------------------------
+def _indexes_default() -> str:
+    return os.environ.get("LOOKALIKE_INDEXES", "indexes")
+
+
 def _common(sp, json_flag: bool = True, indexes: bool = True) -> None:
     """The options most sub-commands share."""
     if indexes:
-        sp.add_argument("--indexes", default=os.environ.get("LOOKALIKE_INDEXES", "indexes"),
-                        metavar="ROOT", help="where indexes live (default ./indexes)")
+        sp.add_argument("--indexes", default=_indexes_default(), metavar="ROOT",
+                        help="where indexes live (default $LOOKALIKE_INDEXES, else ./indexes)")
     if json_flag:
         sp.add_argument("--json", action="store_true", help="machine-readable output")
-    sp.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    sp.add_argument("--device", default=DEFAULT_DEVICE, help=f"auto, cpu or cuda (default {DEFAULT_DEVICE}: a GPU "
+                    "where there is one)")
 
 
 def _add_index_commands(sub) -> None:
@@ -266,12 +273,12 @@ def _add_app_commands(sub) -> None:
     a.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     a.add_argument("--port", type=int, default=7860)
     a.add_argument("--share", action="store_true", help="also open a public share link (off by default)")
-    a.add_argument("--indexes", default=os.environ.get("LOOKALIKE_INDEXES", "indexes"), metavar="ROOT")
+    a.add_argument("--indexes", default=_indexes_default(), metavar="ROOT")
     _access_flags(a)
     a.set_defaults(func=cmd_app)
 
     d = sub.add_parser("demo", help="prepare the demo collection, build its indexes, train, open the UI")
-    d.add_argument("--indexes", default="indexes", metavar="ROOT")
+    d.add_argument("--indexes", default=_indexes_default(), metavar="ROOT")
     d.add_argument("--data", default="data/demo", help="where the demo collection goes")
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=7860)

@@ -195,7 +195,8 @@ def run_demo(indexes: str = "indexes", data: str = "data/demo", host: str = "127
     for name, spec in plan.indexes.items():
         ensure_index(ws, demo, name, spec)
     stop = threading.Event()
-    background = (lambda jobs=None: train_and_index(ws, demo, Path(runs), minutes or DEMO_MINUTES, stop, jobs, plan))
+    def background(jobs=None):
+        return train_and_index(ws, demo, Path(runs), minutes or DEMO_MINUTES, stop, jobs, plan)
     if not open_app:
         if train:
             background()

@@ -76,7 +76,8 @@ def prepare_emoji(dest: str | Path, cache: str | Path | None = None, log=print) 
             with tarfile.open(tgz) as tar:
                 if rows is None:
                     rows = json.load(tar.extractfile("package/emoji.json"))
-                    rows = [r for r in rows if r.get(f"has_img_{COLLECTION_VENDOR}") and r.get(f"has_img_{QUERY_VENDOR}")]
+                    rows = [r for r in rows
+                            if r.get(f"has_img_{COLLECTION_VENDOR}") and r.get(f"has_img_{QUERY_VENDOR}")]
                 members = {m.name: m for m in tar.getmembers()}
                 for r in rows:
                     member = members.get(f"package/img/{vendor}/64/{r['image']}")

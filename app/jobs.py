@@ -178,7 +178,7 @@ class JobManager:
             result = fn(job)
         except LookalikeError as exc:
             status, result, error = FAILED, None, str(exc)
-        except Exception as exc:  # noqa: BLE001 - a background thread has nobody else to report to
+        except Exception as exc:  # a background thread has nobody else to report to
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
             status, result, error = FAILED, None, f"{type(exc).__name__}: {exc}"
         else:

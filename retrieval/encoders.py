@@ -47,8 +47,8 @@ from .encoder_kinds import RUN, kind_named, kind_of, specs_help
 from .errors import CheckpointError, LookalikeError, WeightsUnavailableError
 from .fsutil import sha256_file  # the weights' digest of an identity (also imported from here)
 from .precision import embed_dtype
-from .identity import IDENTITY_KEYS, POOLS, STEMS, describe_identity, identity_matches  # noqa: F401 (re-exported)
-from .runformat import META, WEIGHTS, read_run_manifest  # noqa: F401 (read_run_manifest re-exported)
+from .identity import IDENTITY_KEYS, POOLS, STEMS, describe_identity, identity_matches  # noqa: F401 - re-exported: callers take them with the encoders
+from .runformat import META, WEIGHTS, read_run_manifest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -38,7 +38,7 @@ from .errors import LookalikeError
 from .fsutil import fsync_path, now_iso
 from .identity import identity_matches, mismatch_error
 from .index_kinds import INDEX_TYPES, KINDS, Plan, build, check_type, plan, search_parameters, target_kind
-from .index_kinds import (HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, TOMBSTONE_REBUILD_FRACTION,  # noqa: F401
+from .index_kinds import (HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, TOMBSTONE_REBUILD_FRACTION,  # noqa: F401 - re-exported, tests and benchmarks read the parameters here
                           TRAIN_SAMPLE, pq_m)
 from .store_changes import Change, apply_update, dedupe, insert_items, replace_skipped
 from .store_files import (FORMAT_VERSION, MANIFEST, clean_leftovers, crash_point, describe, dir_lock, gone_error,

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import LookalikeError, WeightsUnavailableError
+from .errors import WeightsUnavailableError
 from .fsutil import sha256_file
 
 if TYPE_CHECKING:  # torch is imported where weights are read, not to find them

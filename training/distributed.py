@@ -64,7 +64,8 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``t`` (N, ...) from all ranks into (W*N, ...), keeping the autograd graph. Identity in one process."""
+    """Concatenate ``t`` (N, ...) from all ranks into (W*N, ...), keeping the autograd graph. Identity in one
+    process."""
     if not is_dist() or world_size() == 1:
         return t
     return _GatherWithGrad.apply(t)

@@ -43,7 +43,9 @@ def _full_precision(fn: _F) -> _F:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        up = lambda a: a.float() if isinstance(a, torch.Tensor) and a.dtype in _HALF else a  # noqa: E731
+        def up(a):
+            return a.float() if isinstance(a, torch.Tensor) and a.dtype in _HALF else a
+
         args = tuple(up(a) for a in args)
         kwargs = {k: up(v) for k, v in kwargs.items()}
         if tensors and torch.is_autocast_enabled(tensors[0].device.type):
@@ -56,7 +58,8 @@ def _full_precision(fn: _F) -> _F:
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
     if a.dim() != 2 or a.shape != b.shape:
-        raise ValueError(f"{names} must be 2-D tensors of the same shape (N, D); got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"{names} must be 2-D tensors of the same shape (N, D); got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
 
 
 @_full_precision

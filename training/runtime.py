@@ -14,10 +14,10 @@ import torch
 
 from retrieval import precision as _precision
 from retrieval.errors import LookalikeError
-from retrieval.precision import cpu_has_amx, cpu_has_native_bf16  # noqa: F401 (re-exported)
+from retrieval.precision import cpu_has_amx, cpu_has_native_bf16
 
-__all__ = ["cpu_has_native_bf16", "cpu_has_amx", "resolve_precision", "seed_everything", "get_rng_state", "set_rng_state",
-           "GracefulStop"]
+__all__ = ["cpu_has_native_bf16", "cpu_has_amx", "resolve_precision", "seed_everything", "get_rng_state",
+           "set_rng_state", "GracefulStop"]
 
 
 # -- precision ----------------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Every training setting, declared once (type, default, help, valid values, choices), and the config they make.
 
-:class:`TrainConfig` (a plain ``@dataclass``) has one field per setting, the ``lookalike train`` flags (:func:`add_arguments`), the web
-UI's Train form (:func:`ui_settings`, :func:`ui_default`) and the checks of :meth:`TrainConfig.validate` are
-generated from :data:`SETTINGS`; choices come from the registries (method names from :data:`training.methods.METHODS`, stems and
-poolings from :mod:`retrieval.identity`). What the user gave is recorded in ``TrainConfig.explicit`` and saved
-with the run, so ``--resume`` knows which options were typed without comparing values with defaults.
+:class:`TrainConfig` (a plain ``@dataclass``) has one field per setting; the ``lookalike train`` flags
+(:func:`add_arguments`), the web UI's Train form (:func:`ui_settings`, :func:`ui_default`) and the checks of
+:meth:`TrainConfig.validate` are generated from :data:`SETTINGS`; choices come from the registries (method names
+from :data:`training.methods.METHODS`, stems and poolings from :mod:`retrieval.identity`). What the user gave is
+recorded in ``TrainConfig.explicit`` and saved with the run, so ``--resume`` knows which options were typed without
+comparing values with defaults.
 
 Torch-free: importing this module imports neither torch, timm nor faiss.
 """
@@ -27,7 +28,7 @@ from retrieval.identity import POOLS, STEMS
 
 __all__ = ["Setting", "SETTINGS", "setting", "choices_of", "check_value", "TrainConfig", "ui_settings", "UI_PRESET",
            "ui_default", "add_arguments", "config_from_args", "config_from_values", "DEFAULT_BACKBONE",
-           "DEFAULT_STEM", "OPTIMIZERS", "PRECISIONS", "DEVICES", "BATCHNORM", "FINETUNE_DEFAULTS",
+           "DEFAULT_STEM", "OPTIMIZERS", "PRECISIONS", "DEVICES", "DEFAULT_DEVICE", "BATCHNORM", "FINETUNE_DEFAULTS",
            "STUDENT_SIZE", "SCRATCH", "default_init"]
 
 # resnet10t (ResNet-10 with a 3-conv "tiered" stem) with timm's default stem. Measured on 2 CPU cores at 64 px,
@@ -40,6 +41,7 @@ DEFAULT_STEM = "default"
 OPTIMIZERS = ("adamw", "sgd", "lars")
 PRECISIONS = ("auto", "bf16", "fp32", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_DEVICE = "auto"  # of every command (training, indexing, search): a GPU where there is one, else the CPU
 
 
 # What a run started from --init gets for the settings the user did not give. Measured (2026-12-01, 2 CPU cores):
@@ -153,7 +155,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("resume", bool, False, "continue the run in --out where it stopped"),
     Setting("val_dir", str, None, "labelled folder for a kNN monitor each epoch", flag="--val",
             label="Validation folder", valid=lambda v: Path(v).expanduser().is_dir(), rule="an existing folder"),
-    Setting("device", str, "auto", "auto, cpu, cuda or cuda:N",
+    Setting("device", str, DEFAULT_DEVICE, "auto, cpu, cuda or cuda:N",
             valid=lambda v: v in DEVICES or v.startswith("cuda:"), rule="auto, cpu, cuda or cuda:N"),
     Setting("precision", str, "auto", "autocast precision (auto: bf16 where the hardware has it, else fp32)",
             choices=PRECISIONS),
@@ -260,7 +262,7 @@ class TrainConfig:
     out: str | None = None
     resume: bool = False
     val_dir: str | None = None
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     precision: str = "auto"
     channels_last: bool = True
     workers: int | None = None
@@ -325,7 +327,8 @@ class TrainConfig:
         fields = {f.name for f in dataclasses.fields(AugmentConfig)} - {"image_size"}
         bad = sorted(set(self.augment) - fields)
         if bad:
-            raise LookalikeError(f"unknown augmentation setting(s) {', '.join(bad)}; valid: {', '.join(sorted(fields))}")
+            raise LookalikeError(f"unknown augmentation setting(s) {', '.join(bad)}; valid: "
+                                 f"{', '.join(sorted(fields))}")
         self.augment_config()  # AugmentConfig validates its own values
 
     def augment_config(self):
@@ -348,7 +351,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if s.type is bool:
             extra["action"] = argparse.BooleanOptionalAction if s.default else "store_true"
         else:
-            extra.update(type=s.type, choices=choices_of(s), metavar=None if s.choices else s.flag[2:].upper().replace("-", "_"))
+            metavar = None if s.choices else s.flag[2:].upper().replace("-", "_")
+            extra.update(type=s.type, choices=choices_of(s), metavar=metavar)
         shown = "" if s.default is None or s.type is bool else f" (default: {s.default})"
         parser.add_argument(s.flag, dest=s.name, default=argparse.SUPPRESS, help=s.help + shown, **extra)
 
@@ -389,8 +393,8 @@ def default_init(given: dict[str, Any]) -> str | None:
 
     Measured (bench/tuxpaint_retrieval.py, bench/copy_detection.py, bench/fashion_mnist.py, README "Real
     photographs"): on each of these photo benchmarks every method fine-tuned from the pretrained encoder scores far
-    above the same method trained from random weights for the same budget. A ``TrainConfig`` built in code keeps ``init=None``:
-    the library does what it is told."""
+    above the same method trained from random weights for the same budget. A ``TrainConfig`` built in code keeps
+    ``init=None``: the library does what it is told."""
     if any(name in given for name in ("init", "backbone", "stem", "teacher", "resume")):
         return None
     from retrieval.pretrained import DEFAULT_SPEC, available_pretrained

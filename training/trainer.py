@@ -26,7 +26,8 @@ Reproducibility and resume. The geometric views of image i in epoch e depend onl
 order only on (seed, e), and the photometric augmentation of a batch only on (seed, e, its first image)
 (:mod:`training.data`), wherever it runs. ``state.pt`` stores the method (heads, queue, EMA target included),
 optimiser, grad scaler, step, epoch, position in the epoch, clock and RNG states, so ``resume=True`` continues
-with exactly the batches an uninterrupted run would have seen: on CPU with the same settings the final weights are identical.
+with exactly the batches an uninterrupted run would have seen: on CPU with the same settings the final weights are
+identical.
 
 Data parallelism (``torchrun --nproc-per-node N lookalike train ...``). ``batch_size`` is the *global* batch: each
 of the N processes takes ``batch_size / N`` images per step (so a recipe keeps its meaning, its learning rate and
@@ -61,14 +62,15 @@ from retrieval.runformat import STATE_VERSION
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .data import TrainingData, data_fingerprint, open_data
-from .data import default_workers as _default_workers  # noqa: F401 (the benchmarks import it from here)
+from .data import default_workers as _default_workers  # noqa: F401 - re-exported: the benchmarks import it from here
 from .distributed import Distributed, sync_batchnorm, wrap_ddp
 from .finetune import Sources, freeze_batchnorm, freeze_layers, frozen_layers, resolve_sources
 from .monitor import KnnMonitor
-from .optim import LARS, LR_FLOOR, default_lr, default_weight_decay, get_lr, make_optimizer, set_lr  # noqa: F401
+from .optim import LARS, default_lr, default_weight_decay, get_lr, make_optimizer, set_lr
+from .optim import LR_FLOOR  # noqa: F401 - re-exported: tests read the schedule's floor beside get_lr here
 from .rundir import append_metrics, encoder_meta, open_run, prepare_run_dir, weights_match
 from .runtime import GracefulStop, get_rng_state, resolve_precision, seed_everything, set_rng_state
-from .runtime import cpu_has_native_bf16  # noqa: F401 (the benchmarks import it from here)
+from .runtime import cpu_has_native_bf16  # noqa: F401 - re-exported: the benchmarks import it from here
 from .settings import DEFAULT_BACKBONE, DEFAULT_STEM
 
 __all__ = ["TrainConfig", "train", "get_lr", "feature_dim", "TrainingDivergedError", "LARS", "resolve_precision",

@@ -97,7 +97,7 @@ def test_searches_keep_working_while_the_index_is_refreshed(served, tmp_path):
                 ws.refresh("pixels", progress=False)
                 refreshes[0] += 1
                 i += 1
-        except BaseException as e:  # noqa: BLE001 - reported by the test
+        except BaseException as e:  # reported by the test
             errors.append(e)
 
     def searcher(queries):
@@ -109,7 +109,7 @@ def test_searches_keep_working_while_the_index_is_refreshed(served, tmp_path):
                     _assert_first_is(app, q, _search(client, app, q))
                     with count_lock:
                         searches[0] += 1
-        except BaseException as e:  # noqa: BLE001 - reported by the test
+        except BaseException as e:  # reported by the test
             errors.append(e)
 
     ref = threading.Thread(target=refresher, daemon=True)

@@ -94,7 +94,7 @@ def _concurrent_adds(stores: list[IndexStore], batches: int = 4) -> list[BaseExc
             start.wait()
             for b in range(batches):
                 store.add(items(2, prefix=f"w{w}b{b}"), unit(2, seed=100 * w + b))
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:  # reported by the test
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(w, s)) for w, s in enumerate(stores)]

@@ -331,7 +331,7 @@ def cpc_reference(preds: np.ndarray, z: np.ndarray, t: float) -> float:
     """-log exp(s(p, z_{i+k,j})/t) / sum over every patch c of the batch exp(s(p, z_c)/t), s = cosine, averaged
     over every (k, b, i, j) whose target row i + k is inside the grid."""
     k_steps, n, g = preds.shape[0], z.shape[0], z.shape[1]
-    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731 - a one-line helper beside its uses
     cands = [unit(z[b, i, j]) for b in range(n) for i in range(g) for j in range(g)]
     total, count = 0.0, 0
     for k in range(1, k_steps + 1):

@@ -236,7 +236,7 @@ class ConstantPredictor(nn.Module):
 
 
 def test_simsiam_stop_gradient_branch():
-    encoder_grads = lambda m: [p.grad for p in [*m.backbone.parameters(), *m.projector.parameters()]]  # noqa: E731
+    encoder_grads = lambda m: [p.grad for p in [*m.backbone.parameters(), *m.projector.parameters()]]  # noqa: E731 - a one-line helper beside its uses
     m = make("simsiam")
     m.predictor = ConstantPredictor(SMALL["simsiam"]["dim"])
     m(*views()).backward()  # SimSiam.forward: 0.5 * D(p1, sg(z2)) + 0.5 * D(p2, sg(z1))
