@@ -35,28 +35,20 @@ DEMO_MINUTES = 3.0
 # Emoji are aligned drawings on white: where a colour or part sits matters, so the demo's encoders index a 4x4 grid
 # of stride-16 features (retrieval.encoders, pool=grid), and train with milder augmentation than SimCLR's ImageNet
 # recipe — colour is most of what two vendors' drawings of one emoji share, so no grayscale and 0.3 jitter strength,
-# and crops of at least 30% keep the subject in view. Measured with bench/quality.py (README, Performance).
-# The pretrained encoder too: on the same task (bench.quality.Evaluation, 2026-12-01) ImageNet EfficientNet-Lite0
-# finds the right emoji first for 0.535 of the queries with pool=grid against 0.428 with avg (mAP@10 0.615 vs
-# 0.518); avg keeps a smaller edge on the subcategory vote (kNN acc 0.392 vs 0.345).
+# and crops of at least 30% keep the subject in view. Measured with bench/quality.py (README, Performance); the
+# pretrained encoder gains from pool=grid on the same task too (docs/measurements.md, "Demo").
 DEMO_POOL = "grid"
 DEMO_AUGMENT = {"strength": 0.3, "gray_p": 0.0, "crop_scale": [0.3, 1.0]}
 PRETRAINED_SPEC = pretrained.DEFAULT_SPEC  # installed by the `pretrained` extra
 # Its fine-tune trains on 128-px views in batches of 64 (the recipe FINETUNE_DEFAULTS were measured with, see
-# training.settings); the rest is the trainer's fine-tuning defaults. With the init's own 224 px and the default
-# batch of 128 one SimCLR step on the CPU took over 11 GB of memory (the run was killed on a 23 GB machine);
-# 128 px, batch 64 peaked at 5.5 GB, data loaders included.
+# training.settings); the rest is the trainer's fine-tuning defaults. The init's own 224 px at batch 128 does not fit
+# a CPU machine's memory (docs/measurements.md, "Demo").
 FINETUNE_IMAGE_SIZE = 128
 FINETUNE_BATCH = 64
 
 PIXELS, RANDOM, PRETRAINED, FINETUNED = "demo-pixels", "demo-random", "demo-pretrained", "demo-finetuned"
 TRAINED = tuple(f"demo-{m}" for m in DEMO_METHODS)  # index (and run) name of each method trained from scratch
-# The demo's indexes, best first, on the cross-vendor task of bench/quality.py (recall@1 / mAP@10 / kNN acc, 2 CPU
-# cores, 3-minute trainings; 2026-12-01): Lite0 fine-tuned by finetune_config 0.534 / 0.609 / 0.387 (only 13 steps
-# on a busy machine; the pretrained Lite0 at its 128 px scores 0.524 / 0.600 / 0.381, and the fine-tune indexes
-# at 128 px, a third of the next row's pixels), ImageNet Lite0 at 224 px 0.535 / 0.615 / 0.345, SimCLR 0.391 /
-# 0.459 / 0.329, MoCo 0.388 / 0.461 / 0.326, BYOL 0.359 / 0.428 / 0.299, random 0.350 / 0.419 / 0.241, pixels
-# 0.337 / 0.404 / 0.362.
+# The demo's indexes, best first, on the cross-vendor task of bench/quality.py (docs/measurements.md, "Demo").
 RANKING = (FINETUNED, PRETRAINED, *TRAINED, RANDOM, PIXELS)
 # What the Compare tab opens on, a column each: the baselines beside the best from-scratch run, the pretrained
 # encoder and its fine-tune (those that exist at launch).

@@ -1,16 +1,15 @@
 """Numeric precision of a model on its device: what an encoder embeds in, and what ``precision=auto`` trains in.
 
 Both follow one rule: bf16 where the hardware computes it natively — a CUDA GPU with bf16, or a CPU with AMX tiles
-or AVX512-BF16 — and fp32 elsewhere, where bf16 is emulated and measured 1.5-3x slower than fp32 (training on a
+or AVX512-BF16 — and fp32 elsewhere, where bf16 is emulated and slower than fp32 (training on a
 GPU without bf16 takes fp16 with a gradient scaler instead: ``training.runtime.resolve_precision``).
 
 Embedding (:func:`embed_dtype`, used by :class:`retrieval.encoders.Encoder`): the forward pass runs under bf16
 autocast, the pooled features are cast back to float32 before they are normalised, so an index stores float32
-vectors whatever the precision. Measured with ``bench/embed_precision.py`` (2-core AMD EPYC with AVX512-BF16, no
-AMX, 2026-12-02): the bare forward 1.6-1.8x faster in bf16 for every encoder measured, and over 256 Tux Paint
-photos an image's bf16 and fp32 vectors agree to a cosine of 0.991 or more (mean 0.999) with the pretrained
-EfficientNet-Lite0 (0.9998 with resnet10t; ``tests/retrieval/test_precision.py`` checks > 0.99), so an index built
-in one precision answers queries embedded in the other; the photo benchmarks' scores move in the third decimal.
+vectors whatever the precision. An image's bf16 and fp32 vectors agree closely enough that an index built in one
+precision answers queries embedded in the other (``tests/retrieval/test_precision.py`` checks a cosine above
+0.99); the speed and agreement figures: ``bench/embed_precision.py``, its result ``bench/results/embed_precision.json``
+and docs/measurements.md, "Embedding precision".
 ``LOOKALIKE_EMBED_PRECISION=fp32`` (or ``bf16``) overrides the rule.
 """
 

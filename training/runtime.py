@@ -21,11 +21,8 @@ __all__ = ["cpu_has_native_bf16", "cpu_has_amx", "resolve_precision", "seed_ever
 
 
 # -- precision ----------------------------------------------------------------------------------------------------
-# The rule (bf16 where the hardware has it natively) is declared once, in retrieval.precision. For training:
-# measured (``bench/cpu_limits.py`` children, SimCLR step, 2-core AMD EPYC with AVX512-BF16 and no AMX,
-# 2026-12-01, idle): resnet10t at 64 px 388 images/s in bf16 against 261 in fp32 (1.5x); EfficientNet-Lite0 at
-# 224 px 19.9 against 24.5 (0.8x: the backward pass of its depthwise convolutions gains nothing and every cast
-# costs).
+# The rule (bf16 where the hardware has it natively) is declared once, in retrieval.precision. What it gains and
+# costs in a training step: docs/measurements.md, "Training precision".
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:

@@ -31,11 +31,9 @@ __all__ = ["Setting", "SETTINGS", "setting", "choices_of", "check_value", "Train
            "DEFAULT_STEM", "OPTIMIZERS", "PRECISIONS", "DEVICES", "DEFAULT_DEVICE", "BATCHNORM", "FINETUNE_DEFAULTS",
            "STUDENT_SIZE", "SCRATCH", "default_init"]
 
-# resnet10t (ResNet-10 with a 3-conv "tiered" stem) with timm's default stem. Measured on 2 CPU cores at 64 px,
-# SimCLR, batch 128, 2-minute budget, kNN accuracy on 16 held-out synthetic classes: resnet10t 0.44 (~57 img/s
-# end to end), resnet18 0.34 (~37), resnet10t with stem "small" 0.34 (~26), regnetx_002 0.26 (~92),
-# mobilenetv3_small_100 0.12 (~102). The small stem keeps 4x more spatial detail but costs 3x the compute, which
-# short CPU budgets cannot afford; on a GPU, resnet18 / stem "small" are the better choice.
+# resnet10t (ResNet-10 with a 3-conv "tiered" stem) with timm's default stem: the best learner of a short CPU budget
+# among the backbones tried (docs/measurements.md, "Default backbone"); on a GPU, resnet18 / stem "small" are the
+# better choice.
 DEFAULT_BACKBONE = "resnet10t"
 DEFAULT_STEM = "default"
 OPTIMIZERS = ("adamw", "sgd", "lars")
@@ -44,28 +42,18 @@ DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_DEVICE = "auto"  # of every command (training, indexing, search): a GPU where there is one, else the CPU
 
 
-# What a run started from --init gets for the settings the user did not give. Measured (2026-12-01, 2 CPU cores):
-# SimCLR fine-tunes of EfficientNet-Lite0 from its ImageNet weights on a held-out cross-vendor emoji task, 128 px,
-# batch 64, 4 minutes (84 steps): AdamW at lr 1e-4 (0.4x SimCLR's from-scratch default at that batch), BatchNorm
-# statistics frozen (running statistics, eval-mode BN: a small collection's batches are too few to re-estimate
-# them), crops of 30-100% of the image, colour jitter 0.3 (strength 0.375: brightness/contrast/saturation
-# 0.8 * 0.375), no greyscale (and SimCLR's temperature 0.2, its default) raised recall@1 from 0.33 (the pretrained
-# encoder) to 0.42. A 2-minute check on the Tux Paint photos (277 on white, 18 categories; 2 shared cores under a
-# load of 6-9, so only 7-8 steps) left the pretrained figures where they were: mAP@10 0.477 (224 px, batch 32) and
-# 0.421 (128 px, batch 64; the pretrained encoder at 128 px: 0.418) against 0.478 at 224 px. The native 224 px at
-# batch 64 needed over 12 GB and was killed for memory on a 23 GB machine, at batch 32 it peaked near 6 GB: so a run
-# from pretrained weights trains at batch 32 unless told otherwise (the from-scratch default of 128 is for 64 px).
+# What a run started from --init gets for the settings the user did not give: a lower learning rate, BatchNorm
+# statistics frozen (a small collection's batches are too few to re-estimate them), milder crops and colour jitter,
+# no greyscale, and batch 32 (the native 224 px at batch 64 runs out of memory on a CPU machine). Why these values:
+# docs/measurements.md, "Fine-tuning defaults".
 FINETUNE_DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "lr_scale": 0.4,  # times the method's from-scratch default learning rate at the run's batch size
     "batchnorm": "frozen",
     "augment": {"crop_scale": (0.3, 1.0), "strength": 0.375, "gray_p": 0.0},
 }
-# The default student's input size as a fraction of its teacher's: a quarter of the pixels. Lite0 at 112 px indexed
-# the Tux Paint folder 4.5x as fast as Lite0 at 224 px end to end (decoding and resizing included; 162 vs 36 images/s
-# on one thread of a busy 2-core AMD EPYC, 2026-12-01), at 128 px 3.8x: half the size keeps the >= 3x goal with a
-# margin. 2 minutes of distillation from Lite0 (11 steps) took it from mAP@10 0.403 (the pretrained weights at
-# 112 px) to 0.428, 0.90 of the teacher's 0.478 (at 128 px, 9 steps: 0.418 to 0.434, 0.91).
+# The default student's input size as a fraction of its teacher's: a quarter of the pixels, which keeps the goal of
+# indexing at least 3x as fast as the teacher with a margin (docs/measurements.md, "Distilled student size").
 STUDENT_SIZE = 0.5
 BATCHNORM = ("auto", "batch", "frozen")
 _WEIGHTS_RULE = "a pretrained spec (timm:NAME, e.g. timm:tf_efficientnet_lite0) or a training run directory"
@@ -173,10 +161,10 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 # CLI default (batch 128, stem "default": see DEFAULT_BACKBONE's measurement above).
 UI_PRESET: dict[str, Any] = {
     # the CLI has no default length; 2 minutes is the budget at which the defaults above were measured
-    # (resnet10t, SimCLR, batch 128 on 2 cores: kNN accuracy 0.44 on 16 held-out classes)
+    # (docs/measurements.md, "Default backbone")
     "minutes": 2.0,
-    # a point on the live loss curve every step: one JSON line, nothing next to a step (the fused AdamW update
-    # alone measured 12 ms per step on 2 cores, training/optim.py)
+    # a point on the live loss curve every step: one JSON line, nothing next to a step (docs/measurements.md,
+    # "Logging every step")
     "log_every": 1,
 }
 
