@@ -20,7 +20,8 @@ from training.distributed import Distributed
 from training.finetune import FINETUNE_DEFAULTS, resolve_sources
 from training.optim import default_lr
 from training.settings import add_arguments, config_from_args
-from training.trainer import _build_method, train
+from training.setup import make_method
+from training.trainer import train
 
 INIT_NORM = {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3]}
 
@@ -62,7 +63,7 @@ def test_the_init_decides_backbone_size_normalisation_and_the_finetune_defaults(
 def test_the_run_starts_from_exactly_the_init_weights(tiny_config, init_run):
     cfg, sources = resolve_sources(tiny_config(init=str(init_run), batch_size=16))
     views = cfg.augment_config()
-    method, _ = _build_method(cfg, Distributed.start("cpu"), sources, views)
+    method, _ = make_method(cfg, Distributed.start("cpu"), sources, views)
     saved = load_file(str(init_run / "encoder.safetensors"))
     own = method.backbone.state_dict()
     assert own.keys() == saved.keys() and all(torch.equal(own[k], saved[k]) for k in saved)
