@@ -59,8 +59,8 @@ def default_weight_decay(optimizer: str, method: nn.Module) -> float:
 
 def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
     if name == "adamw":
-        # the fused kernel: one pass over all parameters instead of ~10 small ops per tensor (2 cores, resnet10t +
-        # heads: 12 ms per step instead of 56 ms on one thread, and far less exposed to a busy machine)
+        # the fused kernel: one pass over all parameters instead of ~10 small ops per tensor, several times faster
+        # and far less exposed to a busy machine (docs/measurements.md, "Optimiser and method costs")
         try:
             return torch.optim.AdamW(groups, lr=lr, fused=True)
         except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel

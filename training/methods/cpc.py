@@ -11,8 +11,8 @@ This is CPC proper, the autoregressive prediction of the patch rows below from t
 methods, and it fits two CPU cores once scaled down. The paper cuts 7x7 patches of 64 px from 256 px images;
 here the grid is G = 4 (``grid``) with patches of 2 * S / (G + 1) pixels at stride S / (G + 1) (24 px at
 S = 64). The backbone's last stages see every patch at 1x1, so the cost grows with the number of patches more
-than with their pixels: measured per step (CPU time, resnet10t, 64 px, batch 32) G = 4 costs 3.2x SimCLR and the
-paper-like G = 5 5.3x. K = 2 steps ahead (``steps``; the paper predicts up to 5 rows ahead in a grid of 7).
+than with their pixels: G = 4 costs about three SimCLR steps, the paper-like G = 5 about five (docs/measurements.md,
+"Optimiser and method costs"). K = 2 steps ahead (``steps``; the paper predicts up to 5 rows ahead in a grid of 7).
 
 Details, and where they depart from the papers:
 

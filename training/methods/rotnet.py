@@ -5,9 +5,9 @@
     loss = cross-entropy(logits, r)                      (chance level: log 4 = 1.386)
 
 One rotation per view (``all_rotations=False``, the default): each view of each image is rotated by its own
-uniformly drawn multiple of 90 degrees, so a step costs what a step of SimCLR costs (measured: 0.9x SimCLR's CPU
-time per step, resnet10t, 64 px, batch 32) and every image still gives two labelled samples. The paper feeds all
-four rotated copies of each image in the same batch (``all_rotations=True``: 8 images per image of the batch) and
+uniformly drawn multiple of 90 degrees, so a step costs about what a step of SimCLR costs (docs/measurements.md,
+"Optimiser and method costs") and every image still gives two labelled samples. The paper feeds all four rotated
+copies of each image in the same batch (``all_rotations=True``: 8 images per image of the batch) and
 reports that this trains better than one random rotation per image, since every image then contributes a
 balanced, complete set of labels; it costs 4.9x SimCLR per step, too much for "the cheap method" on a CPU, so it
 is an option, not the default.
