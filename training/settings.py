@@ -264,8 +264,9 @@ class TrainConfig:
         """Note what was passed, for ``explicit``: a config built in code says what it set as the CLI does
         (``dataclasses.replace`` passes ``explicit`` on)."""
         self = super().__new__(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
-        self._passed = tuple(n for n in (*names[1:len(args)], *kwargs) if n not in ("data_dir", "explicit"))
+        if args or kwargs:  # not a copy (copy and pickle call __new__ bare, then restore the fields)
+            names = [f.name for f in dataclasses.fields(cls)]
+            self._passed = tuple(n for n in (*names[1:len(args)], *kwargs) if n not in ("data_dir", "explicit"))
         return self
 
     def __post_init__(self) -> None:
