@@ -177,6 +177,18 @@ def train_and_index(ws: Workspace, data: DemoData, runs: Path, minutes: float, s
             if stop.is_set():
                 return
         ensure_index(ws, data, step.name, str(run))
+        mark_best(ws)
+
+
+def mark_best(ws: Workspace) -> str | None:
+    """Make the best demo index the default one (``lookalike search IMAGE``), unless the user chose another."""
+    current = ws.marked_index()
+    if current is not None and current not in RANKING:
+        return current
+    best = OPENING.search_index([m["name"] for m in ws.list()])
+    if best is not None:
+        ws.set_default_index(best)
+    return best
 
 
 def _run_done(run: Path) -> bool:
@@ -194,13 +206,13 @@ def run_demo(indexes: str = "indexes", data: str = "data/demo", host: str = "127
         _log(f"note: {note}")
     for name, spec in plan.indexes.items():
         ensure_index(ws, demo, name, spec)
+    mark_best(ws)
     stop = threading.Event()
     background = (lambda jobs=None: train_and_index(ws, demo, Path(runs), minutes or DEMO_MINUTES, stop, jobs, plan))
     if not open_app:
         if train:
             background()
-        best = OPENING.search_index([m["name"] for m in ws.list()])
-        _log(f"ready: lookalike app   (or: lookalike search {best} IMAGE)")
+        _log(f"ready: lookalike app   (or: lookalike search IMAGE, which searches {mark_best(ws)})")
         return
     from .ui import launch
 
