@@ -149,6 +149,7 @@ def ensure_index(ws: Workspace, data: DemoData, name: str, spec: str) -> None:
     _log(f"building index {name} with {spec} …")
     report = ws.build(data.collection, spec, name, progress=True)
     _log(f"{name}: {report.count} images ({report.images_per_s:.0f} images/s)")
+    mark_best(ws)
 
 
 def train_and_index(ws: Workspace, data: DemoData, runs: Path, minutes: float, stop: threading.Event,
@@ -177,7 +178,6 @@ def train_and_index(ws: Workspace, data: DemoData, runs: Path, minutes: float, s
             if stop.is_set():
                 return
         ensure_index(ws, data, step.name, str(run))
-        mark_best(ws)
 
 
 def mark_best(ws: Workspace) -> str | None:
