@@ -21,6 +21,7 @@ demo: install
 	$(BIN)/lookalike demo
 
 test: install
+	@.ci/system-deps  # the Debian packages the tests need, installed where this is root with apt-get
 	$(BIN)/python -m pytest -q
 
 app: install

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.system import debian
+
 from .app_server import start_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -23,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"headless browser test needs Chromium at {CHROMIUM} "
-                                                     "(Debian: apt-get install chromium)"),
+                                                     f"({debian('chromium')})"),
 ]
 
 
