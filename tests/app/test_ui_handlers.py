@@ -283,3 +283,24 @@ def test_thumbnails_are_made_only_for_items_of_an_index_and_go_with_them(tmp_pat
     app.indexes.refresh("px", progress=_no_progress)
     assert not made[rels[0]].exists()
     assert all(made[rel].exists() for rel in rels[1:])
+
+
+def test_the_train_tab_shows_what_the_defaults_resolve_to(env, monkeypatch):
+    from retrieval import pretrained
+
+    if pretrained.DEFAULT_SPEC in pretrained.available_pretrained():
+        tab = LookalikeApp(env.ws, JobManager(), runs_dir=env.root / "runs").train
+        # the form says resnet10t and 64 px, but with the pretrained extra the defaults fine-tune it at its own size
+        shown = dict(zip((s.name for s in tab.settings), tab.form()))
+        assert (shown["backbone"], shown["image_size"]) == ("resnet10t", 64)
+        plan = tab.plan(str(env.photos), *tab.form())
+        assert f"starting from **the weights of `{pretrained.DEFAULT_SPEC}`**" in plan
+        assert "**tf_efficientnet_lite0** at **224 px**, batch 32" in plan and "BatchNorm frozen" in plan
+    monkeypatch.setattr(pretrained, "SEARCH_PATH", [str(env.root / "no-packages")])
+    tab = LookalikeApp(env.ws, JobManager(), runs_dir=env.root / "runs").train
+    plan = tab.plan(str(env.photos), *tab.form())
+    assert "simclr on **resnet10t** at **64 px**, batch 128, starting from **random weights**" in plan
+    assert "BatchNorm batch" in plan
+    plan = tab.plan(str(env.photos), *tab.form(method="byol", image_size=32, batch_size=8))
+    assert "byol on **resnet10t** at **32 px**, batch 8" in plan
+    assert tab.plan(str(env.photos), *tab.form(batch_size=1)).startswith("**Will not start:** --batch-size must be")
