@@ -229,12 +229,12 @@ class TrainTab(Tab):
                 dirs = self.ctx.folders.offered(self.ctx.train_dirs + self.ctx.collection_roots())
                 self.folder = gr.Dropdown(dirs, value=dirs[0] if dirs else None, allow_custom_value=True,
                                           label="Image folder")
+                self.plan_note = gr.Markdown("", elem_id="train-plan")  # what Start will run (plan())
                 self.fields: dict[str, gr.components.Component] = {}
                 for i in range(0, len(self.settings), 2):  # two settings a row
                     with gr.Row():
                         for s in self.settings[i:i + 2]:
                             self.fields[s.name] = form_field(s)
-                self.plan_note = gr.Markdown("", elem_id="train-plan")
                 with gr.Row():
                     self.start_button = gr.Button("Start training", variant="primary")
                     self.stop_button = gr.Button("Stop", variant="stop", interactive=False)
