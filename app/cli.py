@@ -11,6 +11,7 @@ from pathlib import Path
 from retrieval.errors import LookalikeError
 from retrieval.identity import describe_identity
 from retrieval.index_kinds import DEFAULT_INDEX_TYPE, INDEX_TYPES, types_help
+from retrieval.workspace import FALLBACK_ENCODER
 from training.settings import add_arguments as add_train_arguments
 
 # Start-up: this module and what it imports at the top stay free of torch, numpy and FAISS, so that help, argument
@@ -223,7 +224,7 @@ def _add_index_commands(sub) -> None:
     b.add_argument("dir")
     b.add_argument("--encoder", default=None, metavar="SPEC",
                    help="pixels | random:NAME | timm:NAME | runs/RUN (a trained encoder); default: the pretrained "
-                        "encoder where installed, else pixels")
+                        f"encoder where installed, else {FALLBACK_ENCODER}")
     b.add_argument("--name", default=None, help="index name (default: the folder's name)")
     b.add_argument("--set-default", action="store_true", help=_SET_DEFAULT_HELP)
     b.add_argument("--type", default=DEFAULT_INDEX_TYPE, choices=INDEX_TYPES,
