@@ -19,6 +19,7 @@ from ..jobs import FAILED, FINISHED, Job
 from ..serving import file_url
 
 MAP_POINTS = 3000  # points drawn on the map (a random sample beyond that)
+MAPS_KEPT = 16  # finished background maps kept for a second look
 MAX_MAP_POINTS = 100_000  # the most the map offers (t-SNE of 100k points: see docs/performance.md)
 PAIRS_SHOWN = 24  # pairs shown as images (all are listed)
 MAP_WAIT_S = 3.0  # how long drawing the map waits for its missing thumbnails (about 50 12-MP photos)
@@ -66,6 +67,8 @@ class ExploreTab(Tab):
         job = self._maps.get(key)
         if job is None or job.status == FAILED:
             project = MAPS[kind].project
+            if len(self._maps) >= MAPS_KEPT:  # forget the oldest
+                self._maps.pop(next(iter(self._maps)))
 
             def work(job: Job) -> dict:
                 job.say(f"{kind} of {len(shown)} points")
