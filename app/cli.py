@@ -101,7 +101,7 @@ def cmd_index_list(args) -> int:
         _print_json(rows)
         return 0
     if not rows:
-        print(f"no indexes under {args.indexes} (build one with 'lookalike index build DIR')")
+        print(f"no indexes under {args.indexes} (build one with 'lookalike index build DIR --encoder SPEC --name NAME')")
     for m in rows:
         print(f"{m['name']:<24} {m.get('count', '?'):>8} images  {m.get('index_type', '?'):<6} "
               f"{describe_identity(m['encoder'])}  {m.get('root', '')}")

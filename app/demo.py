@@ -35,7 +35,7 @@ DEMO_MINUTES = 3.0
 # Emoji are aligned drawings on white: where a colour or part sits matters, so the demo's encoders index a 4x4 grid
 # of stride-16 features (retrieval.encoders, pool=grid), and train with milder augmentation than SimCLR's ImageNet
 # recipe — colour is most of what two vendors' drawings of one emoji share, so no grayscale and 0.3 jitter strength,
-# and crops of at least 30% keep the subject in view. Measured with bench/quality.py (docs/performance.md).
+# and crops of at least 30% keep the subject in view. Measured with bench/quality.py (README, Performance).
 # The pretrained encoder too: on the same task (bench.quality.Evaluation, 2026-12-01) ImageNet EfficientNet-Lite0
 # finds the right emoji first for 0.535 of the queries with pool=grid against 0.428 with avg (mAP@10 0.615 vs
 # 0.518); avg keeps a smaller edge on the subcategory vote (kNN acc 0.392 vs 0.345).

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("chromium", "tuxpaint-stamps-default", "libtcmalloc-minimal4")
+PACKAGES = ("chromium", "tuxpaint-stamps-default")
 
 
 def test_make_test_and_ci_install_the_packages_from_one_list():

@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 import gradio as gr
 import numpy as np
 
-from retrieval.errors import LookalikeError
 from training.settings import UI_PRESET, Setting, choices_of, config_from_values, ui_default, ui_settings
 
 from ..context import AppContext, Tab, user_errors
@@ -284,6 +283,7 @@ def _loss_curve(records: list[dict]):
 
 def _resolved_text(folder: str | None, given: dict[str, Any]) -> str:
     """One markdown line: what a run of ``given`` settings trains, as the trainer resolves them."""
+    from retrieval.errors import LookalikeError
     from training.finetune import resolve_sources
 
     # the resolution does not depend on the folder; one that does not exist (yet) must not hide it

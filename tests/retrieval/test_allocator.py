@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.system import debian, needs
-
 ROOT = Path(__file__).resolve().parents[2]
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -97,7 +95,10 @@ def _reexec(**env: str) -> dict:
 def test_a_command_starts_again_under_tcmalloc_where_it_is_installed():
     from retrieval.allocator import tcmalloc_path
 
-    needs(tcmalloc_path() is not None, "tcmalloc", debian("libtcmalloc-minimal4"))
+    if tcmalloc_path() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("libtcmalloc-minimal4 is not installed (.ci/run installs it)")
+        pytest.skip("Debian's libtcmalloc-minimal4 is not installed")
     again = _reexec()
     assert again["preload"].startswith(tcmalloc_path()) and again["state"] == "preloaded"
     assert _reexec(LOOKALIKE_ALLOCATOR="system") == {"preload": "", "state": "system"}
