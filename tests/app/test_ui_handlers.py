@@ -10,6 +10,7 @@ import urllib.parse
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pytest
 
 from app.jobs import JobManager
@@ -97,7 +98,8 @@ def test_near_duplicates_finds_the_copied_file(env):
 
 
 def test_explore_map_has_every_image_coloured_by_label_with_its_picture(env):
-    plot = env.app.explore.map("px", 3000)
+    plot, job_id, timer = env.app.explore.map("px", 3000)
+    assert job_id is None and timer.active is False  # PCA: drawn at once, nothing in the background
     assert plot.color == "label" and plot.tooltip == ["path", "label", "image"]
     rows = plot.value["data"]  # the plot's serialised DataFrame
     assert len(rows) == 13
@@ -283,3 +285,60 @@ def test_thumbnails_are_made_only_for_items_of_an_index_and_go_with_them(tmp_pat
     app.indexes.refresh("px", progress=_no_progress)
     assert not made[rels[0]].exists()
     assert all(made[rel].exists() for rel in rels[1:])
+
+
+def test_the_train_tab_shows_what_the_defaults_resolve_to(env, monkeypatch):
+    from retrieval import pretrained
+
+    if pretrained.DEFAULT_SPEC in pretrained.available_pretrained():
+        tab = LookalikeApp(env.ws, JobManager(), runs_dir=env.root / "runs").train
+        # the form says resnet10t and 64 px, but with the pretrained extra the defaults fine-tune it at its own size
+        shown = dict(zip((s.name for s in tab.settings), tab.form()))
+        assert (shown["backbone"], shown["image_size"]) == ("resnet10t", 64)
+        plan = tab.plan(str(env.photos), *tab.form())
+        assert f"starting from **the weights of `{pretrained.DEFAULT_SPEC}`**" in plan
+        assert "**tf_efficientnet_lite0** at **224 px**, batch 32" in plan and "BatchNorm frozen" in plan
+    monkeypatch.setattr(pretrained, "SEARCH_PATH", [str(env.root / "no-packages")])
+    tab = LookalikeApp(env.ws, JobManager(), runs_dir=env.root / "runs").train
+    plan = tab.plan(str(env.photos), *tab.form())
+    assert "simclr on **resnet10t** at **64 px**, batch 128, starting from **random weights**" in plan
+    assert "BatchNorm batch" in plan
+    plan = tab.plan(str(env.photos), *tab.form(method="byol", image_size=32, batch_size=8))
+    assert "byol on **resnet10t** at **32 px**, batch 8" in plan
+    assert tab.plan(str(env.photos), *tab.form(batch_size=1)).startswith("**Will not start:** --batch-size must be")
+
+
+def test_a_slow_map_is_computed_in_the_background_with_pca_meanwhile(env, monkeypatch):
+    from retrieval.neighbours import MAPS, MapKind
+
+    release, calls = threading.Event(), []
+
+    def slow(vectors):
+        calls.append(len(vectors))
+        assert release.wait(120)
+        return np.stack([np.arange(len(vectors)), -np.arange(len(vectors))], axis=1).astype(float)
+
+    monkeypatch.setitem(MAPS, "slow", MapKind(slow, "a test map", slow=True))
+    explore = env.app.explore
+    placeholder, job_id, timer = explore.map("px", 3000, "slow")
+    assert timer.active and job_id is not None and "being computed in the background" in placeholder.caption
+    assert "principal components" in placeholder.caption and len(placeholder.value["data"]) == 13
+    _, still, timer = explore.tick(job_id)  # not done yet: nothing new, the timer goes on
+    assert still == job_id and timer.active
+    release.set()
+    assert env.app.jobs.get(job_id).wait(120)
+    plot, done_id, timer = explore.tick(job_id)
+    assert done_id is None and timer.active is False and "a test map" in plot.caption
+    xs = [dict(zip(plot.value["columns"], row))["x"] for row in plot.value["data"]]
+    assert xs == list(range(13))
+    # the same points of the same index again: the finished map, not a second computation
+    again, again_id, timer = explore.map("px", 3000, "slow")
+    assert calls == [13] and again_id is None and "a test map" in again.caption
+
+
+def test_a_map_whose_package_is_missing_says_how_to_install_it(env, monkeypatch):
+    from retrieval.neighbours import MAPS, MapKind
+
+    monkeypatch.setitem(MAPS, "absent", MapKind(lambda v: v, "x", module="no_such_module_here", extra="maps"))
+    with pytest.raises(gr.Error, match=r"pip install 'lookalike\[maps\]'"):
+        env.app.explore.map("px", 3000, "absent")

@@ -7,6 +7,7 @@ import sys
 import types
 
 import numpy as np
+import pytest
 
 from retrieval.neighbours import near_duplicate_pairs, pca_2d
 
@@ -45,3 +46,19 @@ def test_pca_separates_two_clusters_whichever_way_it_is_computed():
 def test_the_helpers_import_without_the_web_ui():
     code = "import sys, retrieval.neighbours; sys.exit(int('gradio' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_tsne_puts_each_cluster_together_and_is_reproducible():
+    pytest.importorskip("openTSNE", reason="t-SNE maps need the 'maps' extra (pip install 'lookalike[maps]')")
+    from retrieval.neighbours import tsne_2d
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 16))
+    x = np.repeat(centres, 20, axis=0) + 0.05 * rng.standard_normal((60, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = tsne_2d(x, seed=1)
+    assert y.shape == (60, 2) and np.isfinite(y).all()
+    np.testing.assert_allclose(tsne_2d(x, seed=1), y)
+    # every point's nearest other point on the map is one of its own cluster
+    d = np.linalg.norm(y[:, None] - y[None], axis=2) + np.eye(60) * 1e9
+    assert (d.argmin(axis=1) // 20 == np.arange(60) // 20).all()

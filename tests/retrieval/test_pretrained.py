@@ -3,14 +3,13 @@ checked), and right — the ImageNet classifier shipped with them names real pho
 they give a trainer (``load_init``).
 
 The packages come with ``make install`` (the ``pretrained`` extra) and the photos with Debian's
-``tuxpaint-stamps-default`` (``.ci/run`` installs it). Where either is missing the tests that need it skip, except
+``tuxpaint-stamps-default`` (``make test`` installs it as root, see ``.ci/system-deps``). Where either is missing the tests that need it skip, except
 in CI (``CI=true``), where they fail.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import numpy as np
@@ -24,8 +23,9 @@ from retrieval import pretrained
 from retrieval.encoders import identity_matches, load_encoder, sha256_file
 from retrieval.errors import LookalikeError, WeightsUnavailableError
 from retrieval.init_weights import load_init
-from retrieval.pretrained import PACKAGED, map_by_order, packaged_file, packaged_state_dict
+from retrieval.pretrained import PACKAGED, install_hint, map_by_order, packaged_file, packaged_state_dict
 from tests.retrieval.test_encoder_safety import write_run
+from tests.system import debian, needs
 
 LITE0 = "tf_efficientnet_lite0"
 # Tux Paint photos whose ImageNet-1k class is plain, with that class's name.
@@ -41,19 +41,9 @@ PHOTOS = {
 }
 
 
-def needs(present: bool, what: str) -> None:
-    """Skip when ``what`` is missing on a developer's machine; fail in CI, which installs it."""
-    if present:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing, and in CI it must not be (.ci/run and make install provide it)",
-                    pytrace=False)
-    pytest.skip(f"{what} is not installed")
-
-
 def weights_of(name: str):
     file = packaged_file(name)
-    needs(file is not None, f"the package with {name}'s weights (make install)")
+    needs(file is not None, f"the package with {name}'s weights", install_hint(name))
     return file
 
 
@@ -81,7 +71,7 @@ def test_packaged_weights_name_real_photos_top5(name):
     from timm.data import ImageNetInfo
 
     weights_of(name)
-    needs(STAMPS.is_dir(), f"the Tux Paint photos ({STAMPS}; Debian tuxpaint-stamps-default)")
+    needs(STAMPS.is_dir(), f"the Tux Paint photos ({STAMPS})", debian("tuxpaint-stamps-default"))
     enc = load_encoder(f"timm:{name}")
     state = packaged_state_dict(name)
     x = torch.stack([enc.preprocess(composite_on_white(STAMPS / p)) for p in PHOTOS]).float() / 255
