@@ -255,12 +255,13 @@ def _load_for_edit(path: str) -> Image.Image:
 
 
 def embed_copies(encoder, paths: list[str], queries: list[int], seed: int,
-                 progress: Progress | None = None, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Edited copies of ``paths[q]`` for each query q: (vectors (C, dim), query position of each copy (C,)).
+                 progress: Progress | None = None, batch: int = 32) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Edited copies of ``paths[q]`` for each query q: (vectors (C, dim), query position of each copy (C,), the
+    edit of each copy).
 
     A query whose file cannot be decoded any more gets no copies.
     """
-    vecs, owners, pending, owner_pending = [], [], [], []
+    vecs, owners, pending, owner_pending, edits = [], [], [], [], []
     total = len(queries) * COPIES_PER_QUERY
 
     def flush():
@@ -279,14 +280,15 @@ def embed_copies(encoder, paths: list[str], queries: list[int], seed: int,
             name, rng = edit_for(q, c, seed)
             pending.append(EDITS[name](original, rng).convert("RGB"))
             owner_pending.append(q)
+            edits.append(name)
         if len(pending) >= batch:
             flush()
         if progress is not None:
             progress((n + 1) * COPIES_PER_QUERY, total, "edited copies")
     flush()
     if not vecs:
-        return np.zeros((0, encoder.dim), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(vecs).astype(np.float32), np.asarray(owners, np.int64)
+        return np.zeros((0, encoder.dim), np.float32), np.zeros(0, np.int64), []
+    return np.concatenate(vecs).astype(np.float32), np.asarray(owners, np.int64), edits
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -395,7 +397,7 @@ def bootstrap_ci(per_query: dict[str, np.ndarray], gate: float, marks: np.ndarra
 
 
 def score_vectors(db: np.ndarray, queries: list[int], copies: np.ndarray, owners: np.ndarray, *, seed: int = 0,
-                  marks: np.ndarray | None = None) -> tuple[float, tuple[float, float], dict[str, float]]:
+                  marks: np.ndarray | None = None, edits: Sequence[str] = ()) -> tuple[float, tuple[float, float], dict[str, float]]:
     """(score, ci, parts) from embedded vectors: ``db`` the searched set, ``copies`` the edited copies of the
     searched images at positions ``owners``, ``marks`` the per-mark agreement (:func:`marks_agreement`)."""
     from .metrics import micro_average_precision
@@ -413,6 +415,8 @@ def score_vectors(db: np.ndarray, queries: list[int], copies: np.ndarray, owners
     parts["uniformity"] = -uniformity(db, seed) / 4.0
     parts["alignment"] = 1.0 - float(per_query["align"].mean()) / 4.0
     parts["health"] = gate
+    for name in dict.fromkeys(edits):  # recall@1 of each edit's copies: which edit an encoder does not see through
+        parts[f"edit/{name}"] = float(per_copy["recall1"][np.asarray(edits) == name].mean())
     if marks is not None and len(marks):
         parts["marks"] = float(marks.mean())
         parts["marks_n"] = float(len(marks))
@@ -455,13 +459,13 @@ def score_embedded(encoder, paths: Sequence[str], vectors: np.ndarray, *, seed: 
     chosen, queries = choose_sample(paths, seed, sample)
     where = {str(p): i for i, p in enumerate(paths)}
     db = np.asarray(vectors, np.float32)[[where[p] for p in chosen]]
-    copies, owners = embed_copies(encoder, chosen, queries, seed, progress)
+    copies, owners, edits = embed_copies(encoder, chosen, queries, seed, progress)
     agreement = None
     if marks:
         known = {os.path.abspath(p): db[i] for i, p in enumerate(chosen)}
         mv = _mark_vectors(encoder, marks, known, progress)
         agreement = None if mv is None else marks_agreement(db, *mv)
-    score, ci, parts = score_vectors(db, queries, copies, owners, seed=seed, marks=agreement)
+    score, ci, parts = score_vectors(db, queries, copies, owners, seed=seed, marks=agreement, edits=edits)
     if marks and agreement is None:
         parts["marks_n"] = 0.0
     return Scorecard(score=score, ci=ci, parts=parts, n_images=len(chosen), seed=seed, n_queries=len(queries),
