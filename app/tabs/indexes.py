@@ -10,7 +10,8 @@ from retrieval.errors import LookalikeError
 from retrieval.index_kinds import DEFAULT_INDEX_TYPE, INDEX_TYPES
 from retrieval.runformat import META
 
-from ..context import Tab, human_bytes, user_errors
+from ..context import AppContext, Tab, human_bytes, user_errors
+from ..scorecards import ScorecardView
 
 ENCODER_SUGGESTIONS = ("pixels", "random:resnet10t?size=64", "random:resnet18?size=64&stem=small")
 COLUMNS = ["name", "images", "encoder", "type", "size", "updated", "skipped"]
@@ -31,6 +32,10 @@ def _on_progress(progress):
 
 class IndexesTab(Tab):
     title, id = "Indexes", "indexes"
+
+    def __init__(self, ctx: AppContext):
+        super().__init__(ctx)
+        self.scorecard = ScorecardView(ctx, "indexes")
 
     def rows(self) -> list[list]:
         """One row per index (:data:`COLUMNS`); an index that cannot be read says why instead."""
@@ -129,6 +134,7 @@ class IndexesTab(Tab):
         self.details_text = gr.Markdown("")
         self.skipped = gr.Dataframe(headers=["path", "reason"], interactive=False, label="Skipped files",
                                     max_height=300)
+        self.scorecard.layout()
         with gr.Row():
             with gr.Column():
                 gr.Markdown("**Build a new index**")
@@ -163,3 +169,4 @@ class IndexesTab(Tab):
         self.ctx.pickers.refresh_on(built.success)
         self.refresh_button.click(self.refresh, [self.refresh_name], [self.refresh_status, self.table],
                                   api_visibility="private")
+        self.scorecard.wire(page)
