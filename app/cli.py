@@ -117,7 +117,7 @@ def cmd_index_info(args) -> int:
         print(f"{'scorecard':<11} not computed for this generation (lookalike index info {args.name} --scorecard)")
     else:  # formatted here: retrieval.scorecard brings numpy, and 'index info' answers without it
         lo, hi = card["ci"]
-        parts = "  ".join(f"{k} {card['parts'][k]:.3f}" for k in ("copy_recall@1", "stability@10", "rankme"))
+        parts = "  ".join(f"{k} {card['parts'][k]:.3f}" for k in ("content_recall@1", "stability@10", "rankme"))
         print(f"{'scorecard':<11} {card['score']:.3f} [{lo:.3f}, {hi:.3f}]  {parts}  ({card['n_images']} images, "
               f"{card['n_queries']} queries, seed {card['seed']}, generation {card.get('generation')})")
     return 0
@@ -206,12 +206,12 @@ def cmd_eval_label_free(args) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    keys = ["copy_recall@1", "stability@10", "rankme", "health"]
-    print(f"{'encoder':<40} {'score':>6} {'95% CI':>15} " + " ".join(f"{k:>13}" for k in keys))
+    keys = ["content_recall@1", "stability@10", "rankme", "health"]
+    print(f"{'encoder':<40} {'score':>6} {'95% CI':>15} " + " ".join(f"{k:>16}" for k in keys))
     for row in rows:
         lf = row["label_free"]
         print(f"{row['encoder'][:40]:<40} {lf['score']:>6.3f} [{lf['ci'][0]:.3f}, {lf['ci'][1]:.3f}] "
-              + " ".join(f"{lf[k]:>13.3f}" for k in keys))
+              + " ".join(f"{lf[k]:>16.3f}" for k in keys))
     lf = rows[0]["label_free"]
     print(f"(label-free scorecard: {lf['n_images']} images searched, {lf['n_queries']} queries, seed {lf['seed']}; "
           "docs/scorecard.md)")

@@ -21,7 +21,7 @@ from .jobs import FINISHED, Job
 JOB_KIND = "scorecard"
 EVAL_MAX_ITEMS = 20_000  # lazy leave-one-out evaluation is O(N²·dim): skipped for larger indexes
 LABELLED = ("recall@1", "map@10")
-HEADERS = ["index", "encoder", "score", "95% CI", "copy recall@1", "stability@10", "rankme",
+HEADERS = ["index", "encoder", "score", "95% CI", "content recall@1", "stability@10", "rankme",
            *(f"labelled {k}" for k in LABELLED)]
 
 
@@ -114,7 +114,7 @@ class Scorecards:
             p = card["parts"]
             lab_cells = [round(lab[k], 3) if lab and isinstance(lab.get(k), float) else None for k in LABELLED]
             rows.append([name, enc, round(card["score"], 3), f"{card['ci'][0]:.3f}–{card['ci'][1]:.3f}",
-                         round(p["copy_recall@1"], 3), round(p["stability@10"], 3), round(p["rankme"], 3),
+                         round(p["content_recall@1"], 3), round(p["stability@10"], 3), round(p["rankme"], 3),
                          *lab_cells])
         return rows
 

@@ -209,7 +209,7 @@ class Scorecard:
 
     def summary(self) -> str:
         lo, hi = self.ci
-        parts = "  ".join(f"{k} {v:.3f}" for k, v in self.parts.items() if not k.endswith("_n"))
+        parts = "  ".join(f"{k} {v:.3f}" for k, v in self.parts.items() if k in SCORE_WEIGHTS)
         marks = f", {int(self.parts['marks_n'])} marks" if self.parts.get("marks_n") else ""
         return (f"scorecard {self.score:.3f} [{lo:.3f}, {hi:.3f}]  ({self.n_images} images, {self.n_queries} "
                 f"queries{marks}, seed {self.seed})  {parts}")
