@@ -426,7 +426,8 @@ def score_vectors(db: np.ndarray, queries: list[int], copies: np.ndarray, owners
     from .metrics import micro_average_precision
 
     if len(copies) == 0:
-        raise LookalikeError("no edited copy could be made (every sampled image failed to decode)")
+        raise LookalikeError("no edited copy could be made: none of the sampled images could be read (for an index: "
+                             "are its files still where it was built from? refresh it)")
     per_copy = copy_parts(db, copies, owners, edits)
     per_query = _per_query(per_copy, owners, queries)
     rank = effective_rank(db)
