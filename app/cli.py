@@ -112,10 +112,23 @@ def cmd_index_list(args) -> int:
     return 0
 
 
+def _index_scorecard(ws, args) -> dict | None:
+    """The index's label-free scorecard: computed with ``--scorecard`` (a model), else the cached one if fresh."""
+    if not args.scorecard:
+        return ws.cached_scorecard(args.name)
+    bar = _StageBar(enabled=not args.json)
+    try:
+        return ws.scorecard(args.name, progress=bar)
+    finally:
+        bar.close()
+
+
 def cmd_index_info(args) -> int:
-    info = _workspace(args).info(args.name)
+    ws = _workspace(args)
+    info = ws.info(args.name)
+    card = _index_scorecard(ws, args)
     if args.json:
-        _print_json(info)
+        _print_json({**info, "scorecard": card})
         return 0
     for key in ("name", "root", "count", "dim", "index_type", "factory", "created", "updated", "size_bytes"):
         if key in info:
@@ -123,6 +136,13 @@ def cmd_index_info(args) -> int:
     print(f"{'encoder':<11} {describe_identity(info['encoder'])}  [{info['encoder'].get('spec')}]")
     skipped = info.get("skipped", [])
     print(f"{'skipped':<11} {len(skipped) if isinstance(skipped, list) else skipped}")
+    if card is None:
+        print(f"{'scorecard':<11} not computed for this generation (lookalike index info {args.name} --scorecard)")
+    else:  # formatted here: retrieval.scorecard brings numpy, and 'index info' answers without it
+        lo, hi = card["ci"]
+        parts = "  ".join(f"{k} {card['parts'][k]:.3f}" for k in ("content_recall@1", "stability@10", "rankme"))
+        print(f"{'scorecard':<11} {card['score']:.3f} [{lo:.3f}, {hi:.3f}]  {parts}  ({card['n_images']} images, "
+              f"{card['n_queries']} queries, seed {card['seed']}, generation {card.get('generation')})")
     return 0
 
 
@@ -160,10 +180,77 @@ def cmd_compare(args) -> int:
     return 0
 
 
+class _StageBar:
+    """``progress(done, total, stage)`` of the scorecard as one tqdm bar per stage on stderr."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.bar, self.stage = enabled, None, None
+
+    def __call__(self, done: int, total: int, stage: str) -> None:
+        from tqdm import tqdm
+
+        if not self.enabled:
+            return
+        if stage != self.stage:
+            self.close()
+            self.stage, self.bar = stage, tqdm(total=total, desc=stage, unit="img", file=sys.stderr, leave=False)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def label_free_json(card) -> dict:
+    """The ``label_free`` object of ``eval --label-free --json`` (a documented contract: score, ci, then the parts)."""
+    out = {"score": card.score, "ci": [card.ci[0], card.ci[1]], **card.parts}
+    out.update(n_images=card.n_images, n_queries=card.n_queries, seed=card.seed, sample=card.sample,
+               skipped=len(card.skipped), seconds=card.seconds)
+    return out
+
+
+def cmd_eval_label_free(args) -> int:
+    from retrieval.collection import Skipped
+    from retrieval.encoders import load_encoder
+    from retrieval.scorecard import folder_paths, score_encoder
+
+    paths, scan_skipped = folder_paths(args.dir)
+    rows = []
+    for spec in args.encoder:
+        print(f"scoring {spec} …", file=sys.stderr)
+        bar = _StageBar()
+        try:
+            card = score_encoder(load_encoder(spec, device=args.device), paths, seed=args.seed, sample=args.sample,
+                                 progress=bar)
+        finally:
+            bar.close()
+        card.skipped = scan_skipped + card.skipped
+        rows.append({"encoder": spec, "label_free": label_free_json(card)})
+        if len(rows) == 1:  # the same files for every encoder
+            _report_skipped([Skipped(**s) for s in card.skipped])
+    if args.json:
+        _print_json(rows)
+        return 0
+    keys = ["content_recall@1", "stability@10", "rankme", "health"]
+    print(f"{'encoder':<40} {'score':>6} {'95% CI':>15} " + " ".join(f"{k:>16}" for k in keys))
+    for row in rows:
+        lf = row["label_free"]
+        print(f"{row['encoder'][:40]:<40} {lf['score']:>6.3f} [{lf['ci'][0]:.3f}, {lf['ci'][1]:.3f}] "
+              + " ".join(f"{lf[k]:>16.3f}" for k in keys))
+    lf = rows[0]["label_free"]
+    print(f"(label-free scorecard: {lf['n_images']} images searched, {lf['n_queries']} queries, seed {lf['seed']}; "
+          "docs/scorecard.md)")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from retrieval.encoders import load_encoder
     from retrieval.workspace import evaluate_folder
 
+    if args.label_free:
+        return cmd_eval_label_free(args)
     rows = []
     for spec in args.encoder:
         metrics = evaluate_folder(args.dir, load_encoder(spec, device=args.device), progress=not args.json,
@@ -257,8 +344,10 @@ def _add_index_commands(sub) -> None:
     ls = idx.add_parser("list", help="list indexes")
     _common(ls)
     ls.set_defaults(func=cmd_index_list)
-    inf = idx.add_parser("info", help="manifest, counts and skipped files of an index")
+    inf = idx.add_parser("info", help="manifest, counts, skipped files and label-free scorecard of an index")
     inf.add_argument("name")
+    inf.add_argument("--scorecard", action="store_true",
+                     help="compute the label-free scorecard if this generation has none cached (loads the encoder)")
     _common(inf)
     inf.set_defaults(func=cmd_index_info)
 
@@ -280,10 +369,17 @@ def _add_query_commands(sub) -> None:
     _common(c)
     c.set_defaults(func=cmd_compare)
 
-    e = sub.add_parser("eval", help="retrieval metrics on a folder with one sub-folder per label")
+    e = sub.add_parser("eval", help="retrieval metrics on a folder with one sub-folder per label, or without labels "
+                       "(--label-free)")
     e.add_argument("dir")
     e.add_argument("--encoder", action="append", required=True, metavar="SPEC", help="repeat to compare")
     e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--label-free", action="store_true",
+                   help="the label-free scorecard (edited copies of a seeded sample; sub-folders ignored); with "
+                        "--json a list of {encoder, label_free: {score, ci, parts…}}")
+    e.add_argument("--seed", type=int, default=0, help="sample seed of --label-free (same for every encoder)")
+    e.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="images searched at most by --label-free (default 2000)")
     _common(e, indexes=False)
     e.set_defaults(func=cmd_eval)
 

@@ -125,6 +125,7 @@ class AppContext:
     opening: Opening = field(default_factory=Opening)  # the indexes the pickers open on
     pickers: IndexPickers = field(init=False)
     thumbs: "ThumbnailCache" = field(init=False)
+    scorecards: Any = field(init=False, default=None)  # app.scorecards.Scorecards, made by the first tab showing it
 
     def __post_init__(self):
         from retrieval.thumbnails import ThumbnailCache, thumbnail_dir

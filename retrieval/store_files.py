@@ -6,6 +6,8 @@ Layout of ``ROOT/NAME/``::
     index.<g>.faiss      inner-product FAISS index over L2-normalised float32 vectors, ids = items.id
     items.<g>.sqlite     items(id, path, size, mtime, label, deleted) + skipped(path, reason)
     .lock                advisory lock file: one writer at a time, across processes
+    scorecard.json       cache of the label-free scorecard (retrieval/scorecard.py) of one generation, per seed and
+                         sample: {"generation": G, "cards": {"<seed>/<sample>": card}}; stale once G changes
 
 Committed data files are never modified: a change writes new files named after the next generation, flushes them,
 and only then atomically replaces ``manifest.json`` (:func:`write_generation`), the single commit point. Files no
@@ -32,6 +34,7 @@ from .index_kinds import KINDS, is_type
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+SCORECARD = "scorecard.json"
 REQUIRED = ("format_version", "name", "root", "encoder", "dim", "index_type", "factory", "metric", "count",
             "generation", "files", "created", "updated")
 SCHEMA = """
@@ -160,6 +163,35 @@ def describe_from_disk(root: Path, name: str) -> dict | None:
             if attempt == 4:
                 raise LookalikeError(f"index {name!r} kept changing while being read; try again") from None
     return None  # not reached
+
+
+# ----- the scorecard's cache ------------------------------------------------------------------------------------
+def _scorecard_key(seed: int, sample: int | None) -> str:
+    return f"{seed}/{sample if sample is not None else 'default'}"
+
+
+def read_scorecard(directory: Path, generation: int, seed: int = 0, sample: int | None = None) -> dict | None:
+    """The cached scorecard (``Scorecard.to_json()``) of ``generation`` for this seed and sample, or None."""
+    try:
+        cache = json.loads((directory / SCORECARD).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cache, dict) or cache.get("generation") != generation:
+        return None
+    card = (cache.get("cards") or {}).get(_scorecard_key(seed, sample))
+    return card if isinstance(card, dict) else None
+
+
+def write_scorecard(directory: Path, generation: int, card: dict, seed: int = 0, sample: int | None = None) -> None:
+    """Cache ``card`` for ``generation`` (atomically; the cards of an older generation are dropped)."""
+    try:
+        cache = json.loads((directory / SCORECARD).read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if not isinstance(cache, dict) or cache.get("generation") != generation:
+        cache = {"generation": generation, "cards": {}}
+    cache.setdefault("cards", {})[_scorecard_key(seed, sample)] = card
+    atomic_write_json(directory / SCORECARD, cache)
 
 
 # ----- generations ------------------------------------------------------------------------------------------

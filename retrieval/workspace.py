@@ -162,6 +162,40 @@ class Workspace:
             name = f"{base}-{n}"
         return name
 
+    def cached_scorecard(self, name: str, seed: int = 0, sample: int | None = None) -> dict | None:
+        """The cached scorecard of index ``name``'s current generation (no model, no FAISS), or None."""
+        from .store_files import read_manifest, read_scorecard, validate_name
+
+        directory = self.root / validate_name(name)
+        try:
+            manifest = read_manifest(directory)
+        except FileNotFoundError:
+            return None
+        return read_scorecard(directory, manifest["generation"], seed, sample)
+
+    def scorecard(self, name: str, seed: int = 0, sample: int | None = None, progress=None) -> dict:
+        """The label-free scorecard of index ``name`` (``Scorecard.to_json()``), cached per index generation.
+
+        Computed from the index's own vectors plus edited copies embedded with its encoder
+        (:func:`retrieval.scorecard.score_embedded`); ``progress(done, total, stage)`` while it embeds."""
+        from .scorecard import score_embedded
+        from .store_files import read_scorecard, write_scorecard
+
+        store = self.store(name)
+        manifest = store.manifest
+        generation = manifest["generation"]
+        cached = read_scorecard(store.path, generation, seed, sample)
+        if cached is not None:
+            return cached
+        encoder = self.encoder_for(store)
+        paths, vectors = store.vectors()
+        root = Path(manifest["root"])
+        card = score_embedded(encoder, [str(root / p) for p in paths], vectors, seed=seed, sample=sample,
+                              progress=progress).to_json()
+        card["generation"] = generation
+        write_scorecard(store.path, generation, card, seed, sample)
+        return card
+
     def forget(self, name: str) -> None:
         with self._lock:
             self._stores.pop(name, None)

@@ -12,9 +12,9 @@ from typing import Sequence
 import gradio as gr
 
 from ..context import NO_INDEX, AppContext, Tab, parse_k, user_errors
+from ..scorecards import ScorecardView, labelled_figures
 from ..serving import require_image
 
-EVAL_MAX_ITEMS = 20_000  # lazy leave-one-out evaluation is O(N²·dim): skip it for larger indexes
 SHOWN_METRICS = ("recall@1", "map@10", "knn_acc")
 
 
@@ -25,6 +25,7 @@ class CompareTab(Tab):
         super().__init__(ctx)
         self._metrics: dict[tuple, dict | None] = {}  # one entry per index: its scores at one generation
         self._lock = threading.Lock()
+        self.scorecard = ScorecardView(ctx, "compare")
 
     def metrics_for(self, name: str) -> dict | None:
         """Evaluation scores of an index: its manifest's ``metrics``, else leave-one-out over its labelled items.
@@ -40,19 +41,7 @@ class CompareTab(Tab):
         with self._lock:
             if key in self._metrics:
                 return self._metrics[key]
-        result = None
-        if store.count > EVAL_MAX_ITEMS:
-            result = {"note": f"not evaluated on the fly ({store.count} images; use `lookalike eval`)"}
-        elif store.count > 2:
-            from retrieval.metrics import evaluate_labelled
-
-            items = store.items()
-            paths, vectors = store.vectors()
-            labels = [items[p].label if p in items else None for p in paths]
-            keep = [i for i, lab in enumerate(labels) if lab is not None]
-            if len({labels[i] for i in keep}) >= 2:
-                result = evaluate_labelled(vectors[keep], [labels[i] for i in keep])
-                result["count"] = len(keep)
+        result = labelled_figures(store)
         with self._lock:
             for old in [k for k in self._metrics if k[0] == name]:  # keep one generation per index
                 del self._metrics[old]
@@ -123,11 +112,13 @@ class CompareTab(Tab):
         with gr.Accordion("Results as JSON", open=False):
             self.json = gr.JSON(label="results by index")
         gr.render(inputs=self.columns)(_columns)
+        self.scorecard.layout()
 
     def wire(self, page: gr.Blocks) -> None:
         self.button.click(self.compare, [self.query, self.indexes, self.k], [self.json, self.columns],
                           api_name="compare", preprocess=False)
         self.reload.click(self.all_indexes, None, [self.indexes], api_visibility="private")
+        self.scorecard.wire(page)
 
 
 def _columns(columns: list[dict] | None) -> None:

@@ -152,7 +152,8 @@ class ExploreTab(Tab):
         return summary, [[round(s, 4), a, b] for s, a, b in pairs], gallery
 
     def layout(self) -> None:
-        manifests = self.ctx.ws.list()
+        # each index's cached label-free scorecard (app.opening prefers the highest; nothing is computed here)
+        manifests = [{**m, "scorecard": self.ctx.ws.cached_scorecard(m["name"])} for m in self.ctx.ws.list()]
         with gr.Row():
             self.index = self.ctx.pickers.add(gr.Dropdown([m["name"] for m in manifests],
                                                           value=self.ctx.opening.explore_index(manifests),

@@ -11,7 +11,8 @@ from retrieval.errors import LookalikeError
 from retrieval.index_kinds import DEFAULT_INDEX_TYPE, INDEX_TYPES
 from retrieval.runformat import META
 
-from ..context import Tab, human_bytes, user_errors
+from ..context import AppContext, Tab, human_bytes, user_errors
+from ..scorecards import ScorecardView
 
 ENCODER_SUGGESTIONS = tuple(suggestions())
 COLUMNS = ["name", "images", "encoder", "type", "size", "updated", "skipped"]
@@ -32,6 +33,10 @@ def _on_progress(progress):
 
 class IndexesTab(Tab):
     title, id = "Indexes", "indexes"
+
+    def __init__(self, ctx: AppContext):
+        super().__init__(ctx)
+        self.scorecard = ScorecardView(ctx, "indexes")
 
     def rows(self) -> list[list]:
         """One row per index (:data:`COLUMNS`); an index that cannot be read says why instead."""
@@ -130,6 +135,7 @@ class IndexesTab(Tab):
         self.details_text = gr.Markdown("")
         self.skipped = gr.Dataframe(headers=["path", "reason"], interactive=False, label="Skipped files",
                                     max_height=300)
+        self.scorecard.layout()
         with gr.Row():
             with gr.Column():
                 gr.Markdown("**Build a new index**")
@@ -164,3 +170,4 @@ class IndexesTab(Tab):
         self.ctx.pickers.refresh_on(built.success)
         self.refresh_button.click(self.refresh, [self.refresh_name], [self.refresh_status, self.table],
                                   api_visibility="private")
+        self.scorecard.wire(page)
