@@ -21,9 +21,10 @@ set* (the sample of the folder, ``sample`` images at most, the query itself incl
   (a right result among the query's 10 nearest of the searched set, a wrong one not), and ``marks_n``.
 
 The headline ``score`` is :data:`SCORE_WEIGHTS`' blend of content recall (3/4) and stability (1/4), times a health
-gate that sends a collapsed encoder (all vectors alike, or an effective rank of a few dimensions) to 0; with marks, they are blended in with a weight
-that grows with their number. ``ci`` is a 95% bootstrap interval over the queries (and marks). The same ``seed``
-and ``sample`` pick the same queries and copies for every encoder, so scores of one folder compare.
+gate that sends a collapsed encoder (all vectors alike, or an effective rank of a few dimensions) to 0; with marks,
+they are blended in with a weight that grows with their number. ``ci`` is a 95% bootstrap interval over the queries
+(and marks). The same ``seed`` and ``sample`` pick the same queries and copies for every encoder, so scores of one
+folder compare.
 See docs/scorecard.md for what each part measured against labels.
 """
 
