@@ -126,7 +126,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", int, 128, "global batch (split among torchrun processes)", ui=True,
             valid=lambda v: v >= 2, rule="an integer >= 2 (contrastive losses and BatchNorm need pairs)", fixed=True),
     Setting("local_crops", int, None, "multi-crop: small crops of the image beside the two views, for the methods "
-            "that take them (swav, dino; default: the method's own, 0 for the others)",
+            "that take them (swav, dino, byol; default: the method's own, 4 for swav and dino, 0 for the others)",
             valid=lambda v: 0 <= v <= 16, rule="a whole number from 0 to 16", fixed=True),
     Setting("local_size", int, None, "side of the multi-crop's small crops in pixels (default: 96/224 of "
             "--image-size, the papers' 96 px beside 224)", valid=lambda v: v >= 8, rule="an integer >= 8",

@@ -77,7 +77,7 @@ def test_registry_holds_the_families():
         assert cls.name == name and issubclass(cls, SSLMethod) and cls.views in PIPELINES
         with pytest.raises(LookalikeError, match="valid"):
             build_method(name, tiny_backbone(), 16, no_such_setting=1)
-    assert [m for m in METHODS if METHODS[m].multi_crop] == ["swav", "dino"]
+    assert [m for m in METHODS if METHODS[m].multi_crop] == ["byol", "swav", "dino"]
     assert METHODS["swav"].default_local_crops > 0 and METHODS["dino"].default_local_crops > 0
     assert METHODS["simclr"].default_local_crops == 0
 
@@ -221,6 +221,23 @@ def test_dino_student_sees_every_crop_and_the_teacher_only_the_global_ones():
     assert seen == [("student", (6, 3, 32, 32)), ("student", (9, 3, 16, 16)), ("teacher", (6, 3, 32, 32))]
 
 
+def test_byol_takes_local_crops_and_keeps_its_two_view_loss():
+    from training.losses import byol_loss
+
+    torch.manual_seed(0)
+    m = build_method("byol", tiny_backbone(), 16, proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32)
+    x1, x2, l1 = crops("swav", b=4, local=1)  # two views and one local crop
+    online = lambda x: m.predictor(m.projector(m.backbone(x)))  # noqa: E731
+    with torch.no_grad():
+        p = [online(x1), online(x2), online(l1)]
+        z = [m.target(x1), m.target(x2)]
+        two_views = m(x1, x2)
+        multi = m(x1, x2, l1)
+    torch.testing.assert_close(two_views, byol_loss(p[0], z[1]) + byol_loss(p[1], z[0]))  # the paper's sum
+    pairs = byol_loss(p[1], z[0]) + byol_loss(p[2], z[0]) + byol_loss(p[0], z[1]) + byol_loss(p[2], z[1])
+    torch.testing.assert_close(multi, 2 * pairs / 4)
+
+
 # -- multi-crop views ------------------------------------------------------------------------------------------
 def test_local_crops_through_transform_collate_and_pipeline():
     cfg = AugmentConfig(image_size=32, local_crops=3, local_size=16)
@@ -244,7 +261,7 @@ def test_local_crop_settings(image_dir):
     assert cfg.augment_config().local_crops == METHODS["swav"].default_local_crops
     assert cfg.augment_config().local_side == round(64 * 96 / 224)
     assert TrainConfig(data_dir=str(image_dir), method="simclr", epochs=1).augment_config().local_crops == 0
-    with pytest.raises(LookalikeError, match="--local-crops: simclr takes two views only.*swav, dino"):
+    with pytest.raises(LookalikeError, match="--local-crops: simclr takes two views only.*byol, swav, dino"):
         TrainConfig(data_dir=str(image_dir), method="simclr", epochs=1, local_crops=2).validate()
     with pytest.raises(LookalikeError, match="local_size"):
         TrainConfig(data_dir=str(image_dir), method="dino", epochs=1, image_size=32, local_size=48).validate()
