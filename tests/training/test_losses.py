@@ -470,10 +470,12 @@ def test_sinkhorn_matches_reference_and_marginals():
     converged = sinkhorn(s, eps=0.5, iters=200)
     assert torch.allclose(converged.sum(dim=0), torch.full((4,), 6 / 4, dtype=torch.float64), atol=1e-8)  # B / K
     # a uniform input gives the uniform assignment; one cluster's lead cannot take the whole batch
-    assert torch.allclose(sinkhorn(torch.zeros(5, 3, dtype=torch.float64)), torch.full((5, 3), 1 / 3, dtype=torch.float64))
+    uniform = sinkhorn(torch.zeros(5, 3, dtype=torch.float64))
+    assert torch.allclose(uniform, torch.full((5, 3), 1 / 3, dtype=torch.float64))
     biased = torch.zeros(4, 2, dtype=torch.float64)
     biased[:, 0] = 0.1  # everyone prefers prototype 0 a little
-    assert torch.allclose(sinkhorn(biased, eps=0.05, iters=100).sum(dim=0), torch.tensor([2.0, 2.0], dtype=torch.float64))
+    balanced = sinkhorn(biased, eps=0.05, iters=100).sum(dim=0)
+    assert torch.allclose(balanced, torch.tensor([2.0, 2.0], dtype=torch.float64))
 
 
 def test_swav_loss_by_hand():

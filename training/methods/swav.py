@@ -53,12 +53,13 @@ class SwAV(SSLMethod):
     def __init__(self, backbone: nn.Module, feat_dim: int, **hparams):
         super().__init__(backbone, feat_dim, **hparams)
         hp = self.hparams
-        self.temperature, self.eps, self.iters = float(hp["temperature"]), float(hp["epsilon"]), int(hp["sinkhorn_iters"])
+        self.temperature, self.eps = float(hp["temperature"]), float(hp["epsilon"])
+        self.iters = int(hp["sinkhorn_iters"])
         self.queue_length, out_dim = int(hp["queue_length"]), int(hp["out_dim"])
         if min(self.temperature, self.eps) <= 0 or self.iters < 1 or self.queue_length < 0:
             raise LookalikeError("swav needs temperature, epsilon > 0, sinkhorn_iters >= 1 and queue_length >= 0")
-        self.projector = ProjectionHead([(feat_dim, int(hp["hidden_dim"]), True, True), (int(hp["hidden_dim"]), out_dim,
-                                                                                         False, False)])
+        hidden = int(hp["hidden_dim"])
+        self.projector = ProjectionHead([(feat_dim, hidden, True, True), (hidden, out_dim, False, False)])  # g
         self.prototypes = nn.Linear(out_dim, int(hp["prototypes"]), bias=False)  # C (K, D)
         self.normalise_prototypes()
         self.register_buffer("queue", torch.zeros(N_GLOBAL, self.queue_length, out_dim))  # newest first
