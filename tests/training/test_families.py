@@ -313,3 +313,32 @@ def test_a_run_indexes_and_searches(tiny_config, tmp_path, image_dir):
     query = sorted(image_dir.rglob("*.png"))[5]
     hits = ws.search("dino", Image.open(query), k=3)
     assert hits and hits[0].path.endswith(query.name)
+
+
+def test_dino_and_colour_fine_tune_from_an_init(tiny_config, tmp_path, monkeypatch):
+    """From earlier weights (as from the pretrained Lite0): DINO's teacher starts as the init and keeps its frozen
+    BatchNorm statistics, and colourisation undoes the init's own normalisation to find the grey image."""
+    from tests.retrieval.test_encoder_safety import write_run
+    from training.methods.colour import Colourisation
+
+    norm = {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3]}
+    init, _ = write_run(tmp_path / "earlier", interpolation="bicubic", **norm)
+    start = load_file(str(init / "encoder.safetensors"))
+    run = train(tiny_config(method="dino", hparams=SMALL["dino"], init=str(init), batch_size=16, local_crops=2,
+                            out=str(tmp_path / "dino")), progress=False)
+    state = load_state(run)["method"]
+    teacher = {k[len("teacher.0."):]: v for k, v in state.items() if k.startswith("teacher.0.")}
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(teacher[k], start[k]) for k in stats)  # frozen in the teacher too
+    assert not torch.equal(teacher["conv1.0.weight"], start["conv1.0.weight"])  # moved by the EMA ...
+    student = load_file(str(run / "encoder.safetensors"))
+    drift = lambda w: (w - start["conv1.0.weight"]).norm()  # noqa: E731
+    assert drift(teacher["conv1.0.weight"]) < drift(student["conv1.0.weight"])  # ... behind the student
+
+    seen = []
+    forward = Colourisation.forward
+    monkeypatch.setattr(Colourisation, "forward",
+                        lambda self, *views: seen.append(self.pixel_mean.flatten().tolist()) or forward(self, *views))
+    train(tiny_config(method="colour", hparams=SMALL["colour"], init=str(init), batch_size=16,
+                      out=str(tmp_path / "colour")), progress=False)
+    assert seen and seen[0] == pytest.approx(norm["mean"])
