@@ -45,6 +45,7 @@ from retrieval.errors import LookalikeError
 from .photometric import JITTER_OPS, gaussian_blur, luma
 
 __all__ = ["AugmentConfig", "TwoViewTransform", "BatchAugment", "TwoViewPipeline", "simclr_views", "byol_views",
+           "plain_views",
            "views_for", "VIEWS", "PIPELINES", "blur_kernel_size", "MEAN", "STD"]
 
 MEAN: tuple[float, float, float] = IMAGENET_MEAN
@@ -77,12 +78,17 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
     solarize_threshold: float = 0.5  # on the [0, 1] scale: pixels >= 0.5 (uint8 >= 128) are inverted
+    # multi-crop (Caron et al., SwAV 2020): ``local_crops`` small views of ``local_size`` px (None: 96/224 of
+    # image_size, the papers' 96 px beside 224) cut at ``local_scale`` of the image's area, beside the two views
+    local_crops: int = 0
+    local_size: int | None = None
+    local_scale: tuple[float, float] = (0.05, 0.4)
     mean: tuple[float, float, float] = field(default=MEAN)
     std: tuple[float, float, float] = field(default=STD)
 
     def __post_init__(self) -> None:
         # accept lists (e.g. from JSON) but store tuples
-        for name in ("crop_scale", "crop_ratio", "blur_sigma", "mean", "std"):
+        for name in ("crop_scale", "crop_ratio", "blur_sigma", "local_scale", "mean", "std"):
             setattr(self, name, tuple(float(v) for v in getattr(self, name)))
         self.validate()
 
@@ -97,6 +103,13 @@ class AugmentConfig:
         lo, hi = self.crop_scale
         if len(self.crop_scale) != 2 or not 0.0 < lo <= hi <= 1.0:
             raise bad(f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {self.crop_scale}")
+        if not isinstance(self.local_crops, int) or not 0 <= self.local_crops <= 16:
+            raise bad(f"local_crops must be a whole number from 0 to 16, got {self.local_crops!r}")
+        if self.local_size is not None and not 8 <= self.local_size <= self.image_size:
+            raise bad(f"local_size must be from 8 px to the image size ({self.image_size}), got {self.local_size}")
+        lo, hi = self.local_scale
+        if len(self.local_scale) != 2 or not 0.0 < lo <= hi <= 1.0:
+            raise bad(f"local_scale must be (min, max) with 0 < min <= max <= 1, got {self.local_scale}")
         lo, hi = self.crop_ratio
         if len(self.crop_ratio) != 2 or not 0.0 < lo <= hi:
             raise bad(f"crop_ratio must be (min, max) with 0 < min <= max, got {self.crop_ratio}")
@@ -109,6 +122,15 @@ class AugmentConfig:
                 raise bad(f"{name} must be between 0 and 1, got {v}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise bad(f"mean and std need 3 values each and std > 0, got mean={self.mean} std={self.std}")
+
+    @property
+    def local_side(self) -> int:
+        """The local crops' side in pixels: ``local_size``, or 96/224 of ``image_size`` (at least 8)."""
+        return self.local_size or max(8, round(self.image_size * 96 / 224))
+
+    def local_config(self, **changes: Any) -> AugmentConfig:
+        """The photometric settings of the local crops: these settings at the local size, with ``changes``."""
+        return dataclasses.replace(self, image_size=self.local_side, local_size=None, **changes)
 
     @property
     def blur_kernel(self) -> int:
@@ -128,7 +150,8 @@ class AugmentConfig:
 # Geometric part: per image, in DataLoader workers
 # --------------------------------------------------------------------------------------------------------------
 class TwoViewTransform:
-    """PIL image or uint8 tensor (3, H, W) -> two independently cropped and flipped uint8 views (3, S, S).
+    """PIL image or uint8 tensor (3, H, W) -> two independently cropped and flipped uint8 views (3, S, S), and,
+    with ``cfg.local_crops = N > 0``, a third tensor (N, 3, s, s) of local crops (multi-crop).
 
     ``presize``: a large photo is first shrunk by the largest integer factor that keeps its short side at least
     ``presize`` pixels (default ``4 * image_size``), with Pillow's box ``reduce``: cheap, and it makes the crops'
@@ -145,6 +168,10 @@ class TwoViewTransform:
             v2.RandomResizedCrop(cfg.image_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True),
             v2.RandomHorizontalFlip(cfg.flip_p),
         ])
+        self._local = v2.Compose([
+            v2.RandomResizedCrop(cfg.local_side, scale=cfg.local_scale, ratio=cfg.crop_ratio, antialias=True),
+            v2.RandomHorizontalFlip(cfg.flip_p),
+        ]) if cfg.local_crops else None
 
     def _to_tensor(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
         if isinstance(img, torch.Tensor):
@@ -163,11 +190,14 @@ class TwoViewTransform:
 
         return pil_to_tensor(img)  # (3, H, W) uint8
 
-    def __call__(self, img: Image.Image | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, img: Image.Image | torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self._to_tensor(img)
         v1 = self._geometric(x).contiguous()  # (3, S, S) uint8
         v2_ = self._geometric(x).contiguous()  # (3, S, S) uint8
-        return v1, v2_
+        if self._local is None:
+            return v1, v2_
+        local = torch.stack([self._local(x) for _ in range(self.cfg.local_crops)])  # (N, 3, s, s) uint8
+        return v1, v2_, local
 
     def __repr__(self) -> str:
         return f"TwoViewTransform(size={self.cfg.image_size}, scale={self.cfg.crop_scale}, presize={self.presize})"
@@ -255,22 +285,35 @@ class BatchAugment(nn.Module):
 # Two-view pipelines
 # --------------------------------------------------------------------------------------------------------------
 class TwoViewPipeline(nn.Module):
-    """The geometric transform (for workers) plus one photometric :class:`BatchAugment` per view.
+    """The geometric transform (for workers) plus one photometric :class:`BatchAugment` per view (and one for all
+    the local crops).
 
-    ``pipeline(v1, v2, generator=None) -> (x1, x2)`` takes the collated uint8 batches of both views.
+    ``pipeline(v1, v2, generator=None) -> (x1, x2)`` takes the collated uint8 batches of both views;
+    ``pipeline(v1, v2, local, generator=None) -> (x1, x2, l_1, ..., l_N)`` also the local crops (B, N, 3, s, s),
+    each augmented on its own and returned as N batches (B, 3, s, s). The local crops draw their random numbers
+    after the two views, so a seed gives the two views the same augmentation with or without them.
     """
 
-    def __init__(self, cfg: AugmentConfig, view1: AugmentConfig, view2: AugmentConfig, presize: int | None = None):
+    def __init__(self, cfg: AugmentConfig, view1: AugmentConfig, view2: AugmentConfig, presize: int | None = None,
+                 local: AugmentConfig | None = None):
         super().__init__()
         self.cfg = cfg
         self.geometric = TwoViewTransform(cfg, presize=presize)
         self.view1 = BatchAugment(view1)
         self.view2 = BatchAugment(view2)
+        self.local = BatchAugment(local or cfg.local_config()) if cfg.local_crops else None
         self.mean, self.std = cfg.mean, cfg.std
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.view1(v1, generator), self.view2(v2, generator)
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, *local: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        x1, x2 = self.view1(v1, generator), self.view2(v2, generator)
+        if not local:
+            return x1, x2
+        if self.local is None or len(local) != 1:
+            raise ValueError("local crops come as one uint8 batch (B, N, 3, s, s), to a pipeline with local_crops")
+        b, n = local[0].shape[:2]
+        xl = self.local(local[0].flatten(0, 1), generator).view(b, n, *local[0].shape[2:])  # (B, N, 3, s, s)
+        return (x1, x2, *xl.unbind(1))
 
 
 def simclr_views(cfg: AugmentConfig | None = None, presize: int | None = None) -> TwoViewPipeline:
@@ -287,11 +330,19 @@ def byol_views(cfg: AugmentConfig | None = None, presize: int | None = None) -> 
     cfg = cfg or AugmentConfig()
     v1 = dataclasses.replace(cfg, blur_p=1.0, solarize_p=0.0)
     v2 = dataclasses.replace(cfg, blur_p=0.1, solarize_p=0.2)
-    return TwoViewPipeline(cfg, v1, v2, presize)
+    return TwoViewPipeline(cfg, v1, v2, presize, cfg.local_config(blur_p=0.5, solarize_p=0.0))  # DINO's locals
+
+
+def plain_views(cfg: AugmentConfig | None = None, presize: int | None = None) -> TwoViewPipeline:
+    """The generative methods (masked autoencoder, colourisation): crops and flips only, no colour changes (MAE
+    trains with random resized crops and flips alone; a colourisation target must keep its colours)."""
+    cfg = dataclasses.replace(cfg or AugmentConfig(), jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)
+    return TwoViewPipeline(cfg, cfg, cfg, presize)
 
 
 # the two-view pipelines by name; each method names the one of its paper in its ``views`` class attribute
-PIPELINES: dict[str, Callable[..., TwoViewPipeline]] = {"simclr": simclr_views, "byol": byol_views}
+PIPELINES: dict[str, Callable[..., TwoViewPipeline]] = {"simclr": simclr_views, "byol": byol_views,
+                                                        "plain": plain_views}
 
 
 class _MethodViews(Mapping):

@@ -64,7 +64,8 @@ def data_fingerprint(collection: Collection) -> str:
 
 class TwoViewDataset(Dataset):
     """``dataset[(epoch, i)] -> (view1, view2, bad)``: two uint8 (3, S, S) views of image ``i`` and a list of
-    ``(path, reason)`` for files that failed to decode on the way (usually empty).
+    ``(path, reason)`` for files that failed to decode on the way (usually empty); with multi-crop
+    ``(view1, view2, local, bad)``, ``local`` the (N, 3, s, s) local crops.
 
     ``transform`` maps a PIL RGB image to two uint8 views (``training.augment.TwoViewTransform``). ``reduce_to``
     lets big JPEGs decode at a fraction of their size (the crops are small anyway).
@@ -109,8 +110,8 @@ class TwoViewDataset(Dataset):
             # (only the CPU generator: torch.manual_seed would also reseed every accelerator, at 100x the cost)
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-                v1, v2 = self.transform(img)
-            return v1, v2, bad
+                views = self.transform(img)
+            return (*views, bad)
         raise LookalikeError(
             f"{len(bad)} images in a row failed to decode near {self.paths[index]!r} (last: {bad[-1][1]}); "
             f"check the folder {self.root} for damaged files")
@@ -130,15 +131,16 @@ class _Items(list):
 
 
 def collate_views(batch):
-    """[(v1, v2, bad), ...] -> (V1 (B, 3, S, S) uint8, V2 (B, 3, S, S) uint8, bad list)."""
-    v1 = torch.stack([b[0] for b in batch])
-    v2 = torch.stack([b[1] for b in batch])
-    bad = [entry for b in batch for entry in b[2]]
-    return v1, v2, bad
+    """[(v1, v2, bad), ...] -> (V1 (B, 3, S, S) uint8, V2 (B, 3, S, S) uint8, bad list); with local crops
+    [(v1, v2, local, bad), ...] -> (V1, V2, L (B, N, 3, s, s) uint8, bad list)."""
+    views = [torch.stack([b[k] for b in batch]) for k in range(len(batch[0]) - 1)]
+    bad = [entry for b in batch for entry in b[-1]]
+    return (*views, bad)
 
 
 class ViewBatcher:
-    """The DataLoader's ``collate_fn``: ``[(v1, v2, bad), ...] -> (x1, x2, bad, seed)``.
+    """The DataLoader's ``collate_fn``: ``[(v1, v2, bad), ...] -> (x1, x2, bad, seed)`` (with local crops:
+    ``(x1, x2, L, bad, seed)`` as uint8, ``(x1, x2, l_1, ..., l_N, bad, seed)`` once augmented here).
 
     ``seed`` is the batch's photometric seed (:func:`batch_seed`). With ``photometric`` (the trainer's
     :class:`training.augment.TwoViewPipeline`, on the CPU) the batch is augmented right here, in the DataLoader
@@ -153,12 +155,12 @@ class ViewBatcher:
         self.photometric = photometric
 
     def __call__(self, batch):
-        v1, v2, bad = collate_views(batch)
+        *views, bad = collate_views(batch)
         seed = batch_seed(self.seed, getattr(batch, "keys", None))
         if self.photometric is not None:
             with torch.no_grad():
-                v1, v2 = self.photometric(v1, v2, generator=torch.Generator().manual_seed(seed))
-        return v1, v2, bad, seed
+                views = self.photometric(*views, generator=torch.Generator().manual_seed(seed))
+        return (*views, bad, seed)
 
 
 class EpochSampler(Sampler):

@@ -17,6 +17,11 @@ References
   Clustering", 2015; hardest-in-batch mining: Hermans et al., "In Defense of the Triplet Loss", 2017.
 - CPC: van den Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018; Hénaff et al.,
   "Data-Efficient Image Recognition with Contrastive Predictive Coding" (CPC v2), 2020.
+- Masked autoencoder: He et al., "Masked Autoencoders Are Scalable Vision Learners", 2022.
+- Colourisation: Zhang, Isola & Efros, "Colorful Image Colorization", 2016.
+- SwAV and Sinkhorn-Knopp: Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster
+  Assignments", 2020; Cuturi, "Sinkhorn Distances", 2013.
+- DINO: Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", 2021.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["nt_xent", "info_nce", "byol_loss", "simsiam_loss", "barlow_twins_loss", "MINING", "two_view_distances",
-           "mine_negatives", "margin_contrastive_loss", "triplet_loss", "cpc_loss"]
+           "mine_negatives", "margin_contrastive_loss", "triplet_loss", "cpc_loss", "masked_mse", "colour_bins",
+           "rebalance_weights", "colour_loss", "sinkhorn", "swav_loss", "dino_loss", "center_update"]
 
 _F = TypeVar("_F", bound=Callable[..., torch.Tensor])
 _HALF = (torch.float16, torch.bfloat16)
@@ -322,3 +328,131 @@ def cpc_loss(preds: torch.Tensor, z: torch.Tensor, temperature: float = 0.1, z_a
         total = total + F.cross_entropy(logits, target, reduction="sum")
         count += p.shape[0]
     return total / count
+
+
+# -- generative: masked reconstruction, colourisation --------------------------------------------------------------
+def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, H/p, W/p, C*p*p): the pixels of each p x p patch, row-major over the patch grid."""
+    n, c, h, w = x.shape
+    if h % patch or w % patch:
+        raise ValueError(f"{h}x{w} images do not divide into {patch}px patches")
+    x = x.reshape(n, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(n, h // patch, w // patch, c * patch * patch)
+
+
+@_full_precision
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, patch: int,
+               norm_pix: bool = False, eps: float = 1e-6) -> torch.Tensor:
+    """MAE's loss: the mean squared error of the reconstruction over the pixels of the *masked* patches only.
+
+    pred, target: (N, C, H, W); mask: (N, H/p, W/p), 1 where the patch was hidden from the encoder, 0 where seen.
+    With ``norm_pix`` each target patch is standardised first (its mean and variance over its C*p*p values; MAE's
+    "normalised pixels" target). Returns ``sum_patches mask * mean_pixels (pred - target)^2 / sum mask``.
+    """
+    if pred.shape != target.shape or pred.dim() != 4:
+        raise ValueError(f"pred and target must be (N, C, H, W) of one shape, got {tuple(pred.shape)} and "
+                         f"{tuple(target.shape)}")
+    t = patchify(target.detach(), patch)  # (N, h, w, C*p*p)
+    if norm_pix:
+        t = (t - t.mean(dim=-1, keepdim=True)) / (t.var(dim=-1, keepdim=True, unbiased=False) + eps).sqrt()
+    per_patch = (patchify(pred, patch) - t).pow(2).mean(dim=-1)  # (N, h, w)
+    mask = mask.to(per_patch.dtype)
+    if mask.shape != per_patch.shape:
+        raise ValueError(f"mask must be (N, H/p, W/p) = {tuple(per_patch.shape)}, got {tuple(mask.shape)}")
+    return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def colour_bins(chroma: torch.Tensor, bins: int, limit: float) -> torch.Tensor:
+    """(N, 2, H, W) chroma in [-limit, limit] -> (N, H, W) class ``a * bins + b``: each channel cut into ``bins``
+    equal intervals (values beyond the limit fall in the end bins). Colourisation's quantised colour classes."""
+    if chroma.dim() != 4 or chroma.shape[1] != 2:
+        raise ValueError(f"chroma must be (N, 2, H, W), got {tuple(chroma.shape)}")
+    level = ((chroma + limit) / (2 * limit) * bins).floor().long().clamp(0, bins - 1)  # (N, 2, H, W)
+    return level[:, 0] * bins + level[:, 1]
+
+
+def rebalance_weights(p: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
+    """Zhang et al.'s class rebalancing: ``w ∝ ((1 - lam) p + lam / Q)^-1`` for the colour classes' frequencies
+    ``p`` (Q,), scaled so that ``sum_q p_q w_q = 1`` (the loss keeps its size; rare colours weigh more)."""
+    w = 1.0 / ((1.0 - lam) * p + lam / p.numel())
+    return w / (p * w).sum()
+
+
+@_full_precision
+def colour_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Colourisation as classification: cross-entropy of (N, Q, H, W) logits against (N, H, W) colour classes,
+    each pixel weighted by ``weights[class]`` (Q,) when given; the mean over the N*H*W pixels."""
+    ce = F.cross_entropy(logits, target, reduction="none")  # (N, H, W)
+    if weights is not None:
+        ce = ce * weights.to(ce.dtype)[target]
+    return ce.mean()
+
+
+# -- cluster discrimination and self-distillation -------------------------------------------------------------------
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.Tensor:
+    """SwAV's codes: the Sinkhorn-Knopp projection of ``exp(scores / eps)`` (B, K) onto the transport polytope.
+
+    Alternately scales the K prototype rows of ``Q = exp(scores / eps)^T`` to sum 1/K and the B sample columns to
+    sum 1/B, ``iters`` times, and returns ``B * Q^T`` (B, K): each sample's row sums to 1 exactly (a soft
+    assignment), each prototype's column to B/K once converged (equipartition: no prototype is left empty and
+    none takes everything). float32 at least; the global maximum is subtracted first (it cancels out).
+    """
+    if scores.dim() != 2 or eps <= 0 or iters < 1:
+        raise ValueError(f"sinkhorn needs (B, K) scores, eps > 0 and iters >= 1; got {tuple(scores.shape)}, "
+                         f"{eps}, {iters}")
+    s = scores.float() if scores.dtype in _HALF else scores
+    q = torch.exp((s - s.max()) / eps).T  # (K, B)
+    k, b = q.shape
+    q = q / q.sum()
+    for _ in range(iters):
+        q = q / q.sum(dim=1, keepdim=True) / k  # each prototype: total mass 1/K
+        q = q / q.sum(dim=0, keepdim=True) / b  # each sample: total mass 1/B
+    return (q * b).T
+
+
+@_full_precision
+def swav_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float = 0.1) -> torch.Tensor:
+    """SwAV's swapped prediction: every view predicts the code of every *other* view that has a code.
+
+    scores: one (B, K) per view (prototype scores ``z . c_k``; the codes' views first); codes: one (B, K) per
+    view with a code (the first ``len(codes)``, the global views; constants). Returns the mean over the pairs
+    (i, v != i) of ``-sum_k q_i log softmax(scores_v / T)``, averaged over the batch.
+    """
+    if temperature <= 0 or not codes or len(codes) > len(scores):
+        raise ValueError("swav_loss needs T > 0 and 1 <= len(codes) <= len(scores)")
+    total, pairs = scores[0].new_zeros(()), 0
+    for i, q in enumerate(codes):
+        for v, s in enumerate(scores):
+            if v != i:
+                total = total - (q.detach() * F.log_softmax(s / temperature, dim=1)).sum(dim=1).mean()
+                pairs += 1
+    return total / max(pairs, 1)
+
+
+@_full_precision
+def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
+              student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:
+    """DINO's cross-entropy between the teacher's centred, sharpened output and the student's, over view pairs.
+
+    student: one (B, K) per view (the global views first, then the local ones); teacher: one (B, K) per global
+    view (constants); center: (K,) or (1, K). ``P_t = softmax((g_t - c) / tau_t)``, ``P_s = softmax(g_s / tau_s)``;
+    returns the mean over the pairs (teacher view i, student view v != i) of ``-sum_k P_t log P_s``, averaged over
+    the batch.
+    """
+    if student_temp <= 0 or teacher_temp <= 0 or not teacher or len(teacher) > len(student):
+        raise ValueError("dino_loss needs temperatures > 0 and 1 <= len(teacher) <= len(student)")
+    targets = [F.softmax((t.detach() - center.view(1, -1)) / teacher_temp, dim=1) for t in teacher]
+    total, pairs = student[0].new_zeros(()), 0
+    for i, p_t in enumerate(targets):
+        for v, s in enumerate(student):
+            if v != i:
+                total = total - (p_t * F.log_softmax(s / student_temp, dim=1)).sum(dim=1).mean()
+                pairs += 1
+    return total / max(pairs, 1)
+
+
+@torch.no_grad()
+def center_update(center: torch.Tensor, batch_mean: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
+    """DINO's centre: ``c <- m c + (1 - m) mean_b g_t(x_b)``, the batch mean of the teacher's outputs (K,)."""
+    return center * momentum + batch_mean.view_as(center) * (1.0 - momentum)

@@ -117,6 +117,12 @@ SETTINGS: tuple[Setting, ...] = (
             valid=lambda v: 16 <= v <= 1024, rule="an integer from 16 to 1024", fixed=True),
     Setting("batch_size", int, 128, "global batch (split among torchrun processes)", ui=True,
             valid=lambda v: v >= 2, rule="an integer >= 2 (contrastive losses and BatchNorm need pairs)", fixed=True),
+    Setting("local_crops", int, None, "multi-crop: small crops of the image beside the two views, for the methods "
+            "that take them (swav, dino, byol; default: the method's own, 4 for swav and dino, 0 for the others)",
+            valid=lambda v: 0 <= v <= 16, rule="a whole number from 0 to 16", fixed=True),
+    Setting("local_size", int, None, "side of the multi-crop's small crops in pixels (default: 96/224 of "
+            "--image-size, the papers' 96 px beside 224)", valid=lambda v: v >= 8, rule="an integer >= 8",
+            fixed=True),
     Setting("epochs", int, None, "passes over the folder (with --minutes: whichever ends first)",
             valid=lambda v: v >= 1, rule="a whole number >= 1"),
     Setting("minutes", float, None, "time budget", ui=True, label="Minutes budget",
@@ -156,6 +162,7 @@ SETTINGS: tuple[Setting, ...] = (
             valid=lambda v: v > 0, rule="a positive number"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
+_AUGMENT_SETTINGS = ("local_crops", "local_size")  # settings of their own that end up in the AugmentConfig
 
 # The one preset of web-UI defaults that differ from the CLI's. Everything else in the Train form starts at the
 # CLI default (batch 128, stem "default": see DEFAULT_BACKBONE's measurement above).
@@ -237,6 +244,8 @@ class TrainConfig:
     teacher: str | None = None
     image_size: int = 64
     batch_size: int = 128
+    local_crops: int | None = None
+    local_size: int | None = None
     epochs: int | None = None
     minutes: float | None = None
     stem: str = DEFAULT_STEM
@@ -313,17 +322,25 @@ class TrainConfig:
         if unknown:
             raise LookalikeError(f"unknown setting(s) for {self.method}: {', '.join(unknown)}; valid: "
                                  f"{', '.join(sorted(valid))}")
-        fields = {f.name for f in dataclasses.fields(AugmentConfig)} - {"image_size"}
+        fields = {f.name for f in dataclasses.fields(AugmentConfig)} - {"image_size", *_AUGMENT_SETTINGS}
         bad = sorted(set(self.augment) - fields)
         if bad:
             raise LookalikeError(f"unknown augmentation setting(s) {', '.join(bad)}; valid: "
                                  f"{', '.join(sorted(fields))}")
+        if self.local_crops and not METHODS[self.method].multi_crop:
+            takers = ", ".join(m for m in METHODS if METHODS[m].multi_crop)
+            raise LookalikeError(f"--local-crops: {self.method} takes two views only; the methods that take local "
+                                 f"crops are {takers}")
         self.augment_config()  # AugmentConfig validates its own values
 
     def augment_config(self):
+        """The run's :class:`training.augment.AugmentConfig`: ``augment`` over the defaults, the multi-crop's
+        settings from ``--local-crops`` / ``--local-size`` (the method's own number of local crops by default)."""
         from .augment import AugmentConfig
+        from .methods import METHODS
 
-        return AugmentConfig(image_size=self.image_size, **self.augment)
+        crops = METHODS[self.method].default_local_crops if self.local_crops is None else self.local_crops
+        return AugmentConfig(image_size=self.image_size, local_crops=crops, local_size=self.local_size, **self.augment)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able copy (tuples become lists)."""

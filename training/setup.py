@@ -152,8 +152,8 @@ def make_method(cfg: TrainConfig, ddp: Distributed, sources: Sources, views) -> 
     backbone = sources.init.model if sources.init is not None else build_backbone(cfg.backbone, stem=cfg.stem)
     if cfg.batchnorm == "frozen":
         freeze_batchnorm(backbone)  # before the method copies it into momentum encoders
-    taught = ({"teacher": sources.teacher, "mean": views.mean, "std": views.std, "image_size": cfg.image_size}
-              if sources.teacher else {})
+    taught = {"mean": views.mean, "std": views.std,
+              **({"teacher": sources.teacher, "image_size": cfg.image_size} if sources.teacher else {})}
     method = build_method(cfg.method, backbone, feature_dim(backbone), **cfg.hparams, **taught)
     dim = method.feat_dim if cfg.pool == "avg" else feature_dim(backbone, cfg.pool)
     if ddp.world > 1 and method.needs_sync_bn:

@@ -114,8 +114,8 @@ def _loop(run: Run, st: TrainState, stop: GracefulStop) -> None:
         while not (st.finished or st.stopping):
             run.data.sampler.set_epoch(st.epoch, st.batch_in_epoch)
             with closing(_epoch_batches(run, st, stop)) as batches:
-                for x1, x2 in batches:
-                    stop_now = _step(run, st, x1, x2, stop)
+                for views in batches:
+                    stop_now = _step(run, st, views, stop)
                     bar.update(1)
                     if st.step % run.cfg.log_every == 0:
                         _log_loss(run, st, bar)
@@ -145,15 +145,16 @@ def _loop(run: Run, st: TrainState, stop: GracefulStop) -> None:
                 f"checkpoint in {run.run_dir}")
 
 
-def _epoch_batches(run: Run, st: TrainState, stop: GracefulStop) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The rest of the current epoch's batches as model inputs; records damaged files on the way."""
+def _epoch_batches(run: Run, st: TrainState, stop: GracefulStop) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The rest of the current epoch's batches as model inputs (two views, then any local crops); records damaged
+    files on the way."""
     batches = iter(run.data.loader)
     device, fmt = run.ddp.device, run.memory_format
     aug_gen = torch.Generator()
     try:
         while True:
             try:
-                x1, x2, bad, batch_seed = next(batches)
+                *views, bad, batch_seed = next(batches)
             except StopIteration:
                 return
             except Exception:
@@ -168,18 +169,17 @@ def _epoch_batches(run: Run, st: TrainState, stop: GracefulStop) -> Iterator[tup
             if not run.data.augment_in_loader:  # photometric augmentation on the device, seeded by the batch
                 aug_gen.manual_seed(batch_seed)
                 with torch.no_grad():
-                    x1, x2 = run.data.views(x1.to(device, non_blocking=True), x2.to(device, non_blocking=True),
-                                            generator=aug_gen)
-            yield x1.contiguous(memory_format=fmt), x2.contiguous(memory_format=fmt)
+                    views = run.data.views(*(v.to(device, non_blocking=True) for v in views), generator=aug_gen)
+            yield tuple(v.contiguous(memory_format=fmt) for v in views)
     finally:
         del batches  # shuts the workers of an unfinished epoch down
 
 
-def _step(run: Run, st: TrainState, x1: torch.Tensor, x2: torch.Tensor, stop: GracefulStop) -> bool:
+def _step(run: Run, st: TrainState, views: tuple[torch.Tensor, ...], stop: GracefulStop) -> bool:
     """One optimiser step; returns whether any rank asked to stop."""
     device_type, dtype = run.ddp.device.type, run.amp_dtype
     with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        loss = run.model(x1, x2)
+        loss = run.model(*views)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss.float()).backward()
     # one small all-reduce: mean loss, anyone asked to stop, rank 0's clock (all ranks must agree)

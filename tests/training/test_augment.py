@@ -206,4 +206,4 @@ def test_views_for_every_method_and_unknown():
     assert set(A.VIEWS) == set(METHODS)
     assert views_for("byol").view1.cfg.blur_p == 1.0
     with pytest.raises(LookalikeError, match="simclr"):
-        views_for("dino")
+        views_for("vicreg")

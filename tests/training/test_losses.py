@@ -11,8 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from training import distributed as D
-from training.losses import (barlow_twins_loss, byol_loss, cpc_loss, info_nce, margin_contrastive_loss,
-                             mine_negatives, nt_xent, simsiam_loss, triplet_loss)
+from training.losses import (barlow_twins_loss, byol_loss, center_update, colour_bins, colour_loss, cpc_loss,
+                             dino_loss, info_nce, margin_contrastive_loss, masked_mse, mine_negatives, nt_xent,
+                             rebalance_weights, simsiam_loss, sinkhorn, swav_loss, triplet_loss)
 
 
 # -- slow references ------------------------------------------------------------------------------------------
@@ -409,3 +410,128 @@ def _new_losses_on_ranks(rank: int, world: int) -> None:
     assert D.all_reduce_mean(loss.detach()).item() == pytest.approx(expected.item(), rel=1e-9)
     torch.testing.assert_close(z.grad, world * fz.grad[sl])
     torch.testing.assert_close(p.grad, world * fp.grad[:, sl])
+
+
+# -- masked autoencoder and colourisation -------------------------------------------------------------------------
+def test_masked_mse_by_hand_counts_only_the_hidden_patches():
+    # one image, one channel, 2x2 pixels, 1-px patches: errors 1, 2, 3, 4 (squared 1, 4, 9, 16); patches 0 and 3 hidden
+    pred = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], dtype=torch.float64)
+    target = torch.zeros_like(pred)
+    mask = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    assert masked_mse(pred, target, mask, 1).item() == pytest.approx((1 + 16) / 2)
+    # 2-px patch, 2 channels: the patch's 8 values; target standardised per patch (norm_pix): mean 0.5, std 0.5
+    pred = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
+    target = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]]], dtype=torch.float64)
+    one = torch.ones(1, 1, 1, dtype=torch.float64)
+    assert masked_mse(pred, target, one, 2).item() == pytest.approx(0.5)  # mean of 4 zeros and 4 ones
+    assert masked_mse(pred, target, one, 2, norm_pix=True).item() == pytest.approx(1.0, abs=1e-5)  # (+-1)^2
+    # nothing hidden: zero, not a division by zero
+    assert masked_mse(pred, target, torch.zeros_like(one), 2).item() == 0.0
+
+
+def test_colour_bins_and_rebalancing_by_hand():
+    # bins = 4 over [-0.5, 0.5]: intervals [-0.5, -0.25), [-0.25, 0), [0, 0.25), [0.25, 0.5]; class = a * 4 + b
+    chroma = torch.tensor([-0.5, 0.49, -0.1, 0.1, 0.0, 0.3, 9.0, -9.0], dtype=torch.float64).view(4, 2, 1, 1)
+    assert colour_bins(chroma, 4, 0.5).flatten().tolist() == [0 * 4 + 3, 1 * 4 + 2, 2 * 4 + 3, 3 * 4 + 0]
+    # w ~ 1 / ((1 - lam) p + lam / Q), scaled so that sum p w = 1: p = (1, 0), lam = 0.5 -> (4/3, 4) -> (1, 3)
+    w = rebalance_weights(torch.tensor([1.0, 0.0], dtype=torch.float64), 0.5)
+    assert w.tolist() == pytest.approx([1.0, 3.0])
+    assert rebalance_weights(torch.full((5,), 0.2, dtype=torch.float64)).tolist() == pytest.approx([1.0] * 5)
+
+
+def test_colour_loss_matches_a_weighted_cross_entropy_by_hand():
+    logits = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64).T.reshape(1, 2, 1, 2)  # 2 pixels, Q = 2
+    target = torch.tensor([[[0, 0]]])
+    ce = [math.log(1 + math.exp(-1.0)), math.log(1 + math.exp(2.0))]  # -log softmax at class 0, each pixel
+    assert colour_loss(logits, target).item() == pytest.approx(sum(ce) / 2)
+    weights = torch.tensor([3.0, 1.0], dtype=torch.float64)
+    assert colour_loss(logits, target, weights).item() == pytest.approx(3 * sum(ce) / 2)
+
+
+# -- SwAV ---------------------------------------------------------------------------------------------------------
+def sinkhorn_reference(scores: np.ndarray, eps: float, iters: int) -> np.ndarray:
+    """Sinkhorn-Knopp written out with loops: rows of Q = exp(S/eps)^T to 1/K, columns to 1/B, return B Q^T."""
+    q = np.exp(scores.astype(np.float64) / eps).T
+    q /= q.sum()
+    k, b = q.shape
+    for _ in range(iters):
+        for r in range(k):
+            q[r] /= q[r].sum() * k
+        for c in range(b):
+            q[:, c] /= q[:, c].sum() * b
+    return b * q.T
+
+
+def test_sinkhorn_matches_reference_and_marginals():
+    s = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    q = sinkhorn(s, eps=0.5, iters=3)
+    np.testing.assert_allclose(q.numpy(), sinkhorn_reference(s.numpy(), 0.5, 3), rtol=1e-10)
+    assert torch.allclose(q.sum(dim=1), torch.ones(6, dtype=torch.float64))  # every sample: one unit of mass
+    converged = sinkhorn(s, eps=0.5, iters=200)
+    assert torch.allclose(converged.sum(dim=0), torch.full((4,), 6 / 4, dtype=torch.float64), atol=1e-8)  # B / K
+    # a uniform input gives the uniform assignment; one cluster's lead cannot take the whole batch
+    uniform = sinkhorn(torch.zeros(5, 3, dtype=torch.float64))
+    assert torch.allclose(uniform, torch.full((5, 3), 1 / 3, dtype=torch.float64))
+    biased = torch.zeros(4, 2, dtype=torch.float64)
+    biased[:, 0] = 0.1  # everyone prefers prototype 0 a little
+    balanced = sinkhorn(biased, eps=0.05, iters=100).sum(dim=0)
+    assert torch.allclose(balanced, torch.tensor([2.0, 2.0], dtype=torch.float64))
+
+
+def test_swav_loss_by_hand():
+    # two views, K = 2, B = 1: the code of view 0 is (1, 0), of view 1 (0.5, 0.5); T = 1
+    s0 = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
+    s1 = torch.tensor([[math.log(3.0), 0.0]], dtype=torch.float64)  # softmax (3/4, 1/4)
+    codes = [torch.tensor([[1.0, 0.0]], dtype=torch.float64), torch.tensor([[0.5, 0.5]], dtype=torch.float64)]
+    # pair (0 -> 1): -log 3/4; pair (1 -> 0): -(0.5 log 1/2 + 0.5 log 1/2) = log 2
+    expected = (-math.log(0.75) + math.log(2.0)) / 2
+    assert swav_loss([s0, s1], codes, temperature=1.0).item() == pytest.approx(expected)
+    # a local view (no code) is predicted from both codes: 3 pairs
+    s2 = torch.zeros(1, 2, dtype=torch.float64)
+    expected3 = (-math.log(0.75) + math.log(2.0) + math.log(2.0) + math.log(2.0)) / 4
+    assert swav_loss([s0, s1, s2], codes, temperature=1.0).item() == pytest.approx(expected3)
+
+
+# -- DINO ---------------------------------------------------------------------------------------------------------
+def dino_reference(student, teacher, center, ts, tt) -> float:
+    def softmax(v):
+        e = np.exp(v - v.max())
+        return e / e.sum()
+
+    total, pairs = 0.0, 0
+    for i, t in enumerate(teacher):
+        for v, s in enumerate(student):
+            if v == i:
+                continue
+            total += np.mean([-(softmax((t[b] - center) / tt) * np.log(softmax(s[b] / ts))).sum()
+                              for b in range(len(t))])
+            pairs += 1
+    return total / pairs
+
+
+def test_dino_loss_matches_reference_centring_and_sharpening():
+    g = torch.Generator().manual_seed(1)
+    student = [torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(4)]
+    teacher = [torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(2)]
+    center = torch.randn(5, generator=g, dtype=torch.float64)
+    got = dino_loss(student, teacher, center, 0.1, 0.04).item()
+    ref = dino_reference([s.numpy() for s in student], [t.numpy() for t in teacher], center.numpy(), 0.1, 0.04)
+    assert got == pytest.approx(ref, rel=1e-10)
+    # centring removes a constant offset of the teacher's outputs once the centre has it
+    offset = torch.randn(5, generator=g, dtype=torch.float64)
+    shifted = dino_loss(student, [t + offset for t in teacher], center + offset, 0.1, 0.04).item()
+    assert shifted == pytest.approx(got, rel=1e-10)
+    # by hand: K = 2, teacher (0, 0) and centre 0 -> P_t = (1/2, 1/2); student (log 3, 0) -> (3/4, 1/4)
+    s = [torch.tensor([[0.0, 0.0]], dtype=torch.float64), torch.tensor([[math.log(3.0), 0.0]], dtype=torch.float64)]
+    t = [torch.zeros(1, 2, dtype=torch.float64)]
+    assert dino_loss(s, t, torch.zeros(2, dtype=torch.float64), 1.0, 1.0).item() == pytest.approx(
+        -(0.5 * math.log(0.75) + 0.5 * math.log(0.25)))
+    # sharpening: a lower teacher temperature puts more mass on the teacher's top output
+    sharp = torch.softmax(torch.tensor([1.0, 0.0]) / 0.04, 0)
+    assert sharp[0] > 0.99
+
+
+def test_center_update_by_hand():
+    c = torch.tensor([[0.0, 1.0]])
+    assert center_update(c, torch.tensor([1.0, 1.0]), 0.9)[0].tolist() == pytest.approx([0.1, 1.0])
+    assert center_update(c, torch.tensor([3.0, -1.0]), 0.5)[0].tolist() == pytest.approx([1.5, 0.0])

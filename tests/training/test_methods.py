@@ -56,7 +56,7 @@ def test_registry():
         assert isinstance(cls.needs_sync_bn, bool) and isinstance(cls.default_hparams, dict)
     assert METHODS["moco"].needs_sync_bn is False  # shuffle-BN within the process instead
     with pytest.raises(LookalikeError, match="simclr, moco, byol, simsiam, barlow"):
-        build_method("dino", tiny_backbone(), 16)
+        build_method("vicreg", tiny_backbone(), 16)
     with pytest.raises(LookalikeError, match="temprature"):
         build_method("simclr", tiny_backbone(), 16, temprature=0.1)
 

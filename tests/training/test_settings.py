@@ -123,7 +123,7 @@ def test_config_from_values_converts_form_values_and_records_them(image_dir):
     ({"batch_size": 16.5, "minutes": 1}, "Batch size"),
     ({"batch_size": "many", "minutes": 1}, "Batch size"),
     ({"batch_size": 1, "minutes": 1}, "--batch-size"),
-    ({"method": "dino", "minutes": 1}, "simclr, moco, byol"),
+    ({"method": "vicreg", "minutes": 1}, "simclr, moco, byol"),
     ({"stem": "tiny", "minutes": 1}, "--stem"),
     ({"minutes": -1}, "--minutes"),
     ({"image_size": 32}, "how long"),

@@ -76,7 +76,7 @@ def test_knn_monitor_logs_start_and_epoch_accuracy(tiny_config, image_dir):
 
 
 @pytest.mark.parametrize("overrides, words", [
-    ({"method": "swav"}, "simclr"),
+    ({"method": "vicreg"}, "simclr"),
     ({"epochs": None, "minutes": None}, "--epochs"),
     ({"epochs": 0}, "--epochs"),
     ({"batch_size": 1}, "--batch-size"),

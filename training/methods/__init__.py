@@ -31,6 +31,10 @@ _REGISTRY: dict[str, str] = {
     "triplet": "pairwise:Triplet",
     "margin": "pairwise:MarginContrastive",
     "distill": "distill:Distill",
+    "mae": "mae:MaskedAutoencoder",
+    "colour": "colour:Colourisation",
+    "swav": "swav:SwAV",
+    "dino": "dino:DINO",
 }
 
 

@@ -4,7 +4,11 @@ Contract (the trainer relies on exactly this):
 
 * ``Method(backbone, feat_dim, **hparams)``; ``backbone`` maps normalised images (B, 3, H, W) to pooled features
   (B, feat_dim) and is the only part exported for retrieval (``method.backbone.state_dict()``).
-* ``loss = method(x1, x2)``: two normalised float views (B, 3, H, W) of the same B images -> scalar loss.
+* ``loss = method(x1, x2, *local)``: two normalised float views (B, 3, H, W) of the same B images, then the
+  multi-crop's local views (B, 3, s, s), s < H, when the method takes them (``multi_crop``; none otherwise:
+  ``method(x1, x2)``) -> scalar loss.
+* ``Method(..., mean=, std=)``: the normalisation of the views, for methods that need real pixels back
+  (``self.pixel_mean`` / ``self.pixel_std``, (1, 3, 1, 1) buffers, not saved: the run records them).
 * ``method.after_step(progress)`` after every optimiser step, ``progress = step / total_steps`` in [0, 1]
   (momentum encoders and EMA targets update here; a no-op otherwise).
 * ``method.param_groups(weight_decay)`` for the optimiser: only trainable parameters (momentum/EMA copies have
@@ -24,9 +28,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from retrieval.encoders import IMAGENET_MEAN, IMAGENET_STD
 from retrieval.errors import LookalikeError
 
-__all__ = ["SSLMethod", "ProjectionHead", "LayerSpec", "momentum_copy", "ema_update", "cosine_momentum"]
+__all__ = ["SSLMethod", "ProjectionHead", "LayerSpec", "PixelDecoder", "momentum_copy", "ema_update",
+           "cosine_momentum"]
 
 # (in_features, out_features, batch_norm, activation). ``batch_norm``/``activation`` are either a bool
 # (True -> BatchNorm1d(out) / ReLU) or a ready-made module, e.g. ``nn.BatchNorm1d(d, affine=False)``.
@@ -63,6 +69,40 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in) -> (B, out)
         return self.layers(x)
+
+
+class PixelDecoder(nn.Module):
+    """A light decoder from pooled features back to an image-shaped map (the generative methods' decoder).
+
+        (B, feat_dim) -Linear-> (B, C, 4, 4) -[upsample x2 -> 3x3 conv -> BN -> ReLU] x n-> (B, C', 4 * 2^n, ...)
+        -1x1 conv-> (B, out_channels, size, size)
+
+    Channels halve at each stage from ``width`` (at least 16); ``size`` must be 4 times a power of two (the
+    upsampling stages), and a size that is not is reached by a final bilinear resize. Decoding from the *pooled*
+    vector forces everything the reconstruction needs into what the index stores.
+    """
+
+    def __init__(self, feat_dim: int, out_channels: int, size: int, width: int = 128):
+        super().__init__()
+        if size < 4:
+            raise LookalikeError(f"the decoder needs an output of at least 4 px, got {size}")
+        self.size, self.width = int(size), int(width)
+        self.stem = nn.Linear(feat_dim, width * 16)
+        stages, c = [], width
+        while 4 * 2 ** len(stages) < size:
+            c_out = max(16, c // 2)
+            stages += [nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                     nn.Conv2d(c, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                                     nn.ReLU(inplace=True))]
+            c = c_out
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Conv2d(c, out_channels, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, feat_dim) -> (B, out_channels, size, size)
+        y = self.head(self.stages(self.stem(h).view(h.shape[0], self.width, 4, 4)))
+        if y.shape[-1] != self.size:
+            y = nn.functional.interpolate(y, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return y
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
@@ -105,13 +145,18 @@ class SSLMethod(nn.Module):
     #: whether the method learns from a frozen teacher (``--teacher``); the trainer then passes ``teacher=``
     #: (:class:`retrieval.init_weights.InitWeights`) and the views' ``mean``/``std`` to the constructor.
     uses_teacher: ClassVar[bool] = False
+    #: whether ``forward`` takes the multi-crop's local views after the two global ones (``--local-crops N``),
+    #: and how many it gets when the run does not say.
+    multi_crop: ClassVar[bool] = False
+    default_local_crops: ClassVar[int] = 0
     #: paper defaults (scaled down where noted for CPU); every key may be overridden as a keyword argument.
     default_hparams: ClassVar[dict[str, Any]] = {}
     #: suggested AdamW settings at batch 256 (scale lr linearly with batch size); a starting point, not a rule.
     default_lr: ClassVar[float] = 1e-3
     default_weight_decay: ClassVar[float] = 1e-4
 
-    def __init__(self, backbone: nn.Module, feat_dim: int, **hparams: Any):
+    def __init__(self, backbone: nn.Module, feat_dim: int, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, **hparams: Any):
         super().__init__()
         unknown = sorted(set(hparams) - set(self.default_hparams))
         if unknown:
@@ -122,10 +167,21 @@ class SSLMethod(nn.Module):
         self.hparams: dict[str, Any] = {**self.default_hparams, **hparams}
         self.feat_dim = feat_dim
         self.backbone = backbone
+        for name, value in (("pixel_mean", mean), ("pixel_std", std)):
+            self.register_buffer(name, torch.tensor(value, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     # -- the contract -------------------------------------------------------------------------------------
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """The loss of two views; a method with ``multi_crop`` adds ``*local: torch.Tensor`` (its small crops)."""
         raise NotImplementedError
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised views (B, 3, H, W) -> their [0, 1] pixels (B, 3, H, W), float32."""
+        return x.float() * self.pixel_std + self.pixel_mean
+
+    def normalised(self, p: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels (B, 3, H, W) -> the views' normalisation (the inverse of :meth:`pixels`)."""
+        return (p - self.pixel_mean) / self.pixel_std
 
     def after_step(self, progress: float) -> None:
         """Called after each optimiser step with ``progress = step / total_steps``; no-op by default."""

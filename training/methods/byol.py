@@ -3,6 +3,8 @@
     online:  y = f_theta(x), z = g_theta(y), p = q_theta(z)      p: (N, proj_dim)
     target:  z' = g_xi(f_xi(x'))  (no gradient)                  z': (N, proj_dim)
     loss = (2 - 2 cos(p1, z'2)) + (2 - 2 cos(p2, z'1))            symmetric, summed as in the paper (range [0, 8])
+    with multi-crop (``--local-crops N``): every crop's p predicts each *other* global view's z', the mean over
+    those pairs times 2 (the same loss as above without local crops)
     xi <- tau xi + (1 - tau) theta,  tau = 1 - (1 - tau0) (cos(pi k / K) + 1) / 2   after each optimiser step
 
 Defaults: projector/predictor hidden 1024 (the paper's 4096 is sized for ResNet-50 on ImageNet; 1024 keeps the
@@ -31,6 +33,7 @@ class BYOL(SSLMethod):
     name = "byol"
     views = "byol"
     needs_sync_bn = True
+    multi_crop = True  # takes local crops when asked (--local-crops N); none by default, as the paper
     default_hparams = {"proj_hidden_dim": 1024, "proj_dim": 256, "pred_hidden_dim": 1024, "tau0": 0.99}
     default_lr = 1e-3
     default_weight_decay = 1e-4
@@ -46,13 +49,14 @@ class BYOL(SSLMethod):
         self.predictor = byol_mlp(hp["proj_dim"], hp["pred_hidden_dim"], hp["proj_dim"])  # q_theta
         self.target = momentum_copy(nn.Sequential(self.backbone, self.projector))  # g_xi(f_xi(.)), frozen
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        p1 = self.predictor(self.projector(self.backbone(x1)))  # (N, proj_dim)
-        p2 = self.predictor(self.projector(self.backbone(x2)))  # (N, proj_dim)
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, *local: torch.Tensor) -> torch.Tensor:
+        p = [self.predictor(self.projector(self.backbone(x))) for x in (x1, x2)]  # 2 x (N, proj_dim)
+        if local:  # one pass for the local crops (one size): N_local x (N, proj_dim)
+            p += list(self.predictor(self.projector(self.backbone(torch.cat(local)))).chunk(len(local)))
         with torch.no_grad():
-            z1 = self.target(x1)  # (N, proj_dim)
-            z2 = self.target(x2)  # (N, proj_dim)
-        return byol_loss(p1, z2) + byol_loss(p2, z1)
+            z = [self.target(x1), self.target(x2)]  # 2 x (N, proj_dim)
+        pairs = [(v, i) for i in range(2) for v in range(len(p)) if v != i]
+        return 2.0 * sum(byol_loss(p[v], z[i]) for v, i in pairs) / len(pairs)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
