@@ -15,14 +15,15 @@ status: 400 (a missing field, a bad ``k``, a query given as a path), 401 (no log
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 import hmac
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -46,14 +47,17 @@ class ApiError(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
-def routes(workspace: "Workspace", max_upload: int) -> list[APIRoute]:
-    """The endpoint's routes over ``workspace``, for the FastAPI app that serves the page."""
+def routes(workspace: "Workspace", max_upload: int, concurrency: int) -> list[APIRoute]:
+    """The endpoint's routes over ``workspace``, for the FastAPI app that serves the page; at most ``concurrency``
+    searches run at once (as the page's queue runs its events), the others wait."""
+    limiter = anyio.CapacityLimiter(concurrency)
 
     async def search(request: Request) -> JSONResponse:
         try:
             check_login(request)
             image, index, k = await read_form(request, max_upload)
-            results = await run_in_threadpool(run_search, workspace, image, index, k)
+            results = await anyio.to_thread.run_sync(functools.partial(run_search, workspace, image, index, k),
+                                                      limiter=limiter)
         except ApiError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
         return JSONResponse(results)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from retrieval.workspace import Workspace
 
 MAX_UPLOAD_MB = 20
+CONCURRENCY = 2  # events (and /api/search calls) run at once; more wait their turn
 MAX_UPLOAD = f"{MAX_UPLOAD_MB}mb"  # as Gradio takes it
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 2**20  # as Gradio reads MAX_UPLOAD
 
@@ -142,7 +143,7 @@ def serve(demo: gr.Blocks, jobs: JobManager, allowed: list[str], *, host: str, p
     """Start the server for ``demo``, which may read only ``allowed``, behind ``auth`` if given (see
     :func:`app.ui.launch`; :func:`app.access.require_login` has already refused an exposed server without it).
     ``routes`` (FastAPI routes, :func:`app.api.routes`) are served by the same app as the page."""
-    demo.queue(default_concurrency_limit=2)
+    demo.queue(default_concurrency_limit=CONCURRENCY)
     # A blocking server stops on Ctrl-C; make SIGTERM (service managers, `docker stop`) do the same, so running
     # trainings get to save a checkpoint below instead of dying mid-step.
     previous = None

@@ -33,7 +33,7 @@ from .api import routes as api_routes
 from .context import AppContext, Tab
 from .jobs import JobManager
 from .opening import Opening
-from .serving import MAX_UPLOAD_BYTES, Serving, allowed_paths, serve
+from .serving import CONCURRENCY, MAX_UPLOAD_BYTES, Serving, allowed_paths, serve
 from .tabs.compare import CompareTab
 from .tabs.explore import ExploreTab
 from .tabs.indexes import IndexesTab
@@ -138,5 +138,5 @@ def launch(indexes: str | Path = "indexes", host: str = "127.0.0.1", port: int |
         jobs.start("background", "background tasks", lambda job: background(jobs))
     jobs.start("thumbnails", "drop the thumbnails of removed images", lambda job: demo.lookalike.ctx.sweep_thumbnails())
     serve(demo, jobs, allowed, host=host, port=port, share=share, block=block, css=CSS, on_close=on_close,
-          auth=credentials, routes=api_routes(workspace, MAX_UPLOAD_BYTES))
+          auth=credentials, routes=api_routes(workspace, MAX_UPLOAD_BYTES, CONCURRENCY))
     return demo
