@@ -109,3 +109,15 @@ def test_with_the_login_it_answers_basic_credentials_and_the_page_session(guarde
         session = http.post("api/search", files={"image": ("q.png", images[1].read_bytes(), "image/png")},
                             data={"index": "px", "k": "2"})
     assert session.status_code == 200 and session.json()[0]["path"] == rel
+
+
+def test_simultaneous_calls_all_get_their_own_answer(running_app):
+    """More calls at once than searches may run (serving.CONCURRENCY): the rest wait, none fails or mixes up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = running_app.images[:6]
+    with ThreadPoolExecutor(len(queries)) as pool:
+        answers = list(pool.map(lambda q: _search(running_app.url, q.read_bytes(), "pixels", k="1"), queries))
+    assert [a.status_code for a in answers] == [200] * len(queries)
+    assert [a.json()[0]["path"] for a in answers] == [q.relative_to(running_app.collection).as_posix()
+                                                      for q in queries]
