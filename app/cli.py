@@ -267,6 +267,20 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from retrieval.encoders import load_encoder
+    from retrieval.export import export_onnx, sidecar
+
+    encoder = load_encoder(args.encoder, device="cpu")
+    out = export_onnx(encoder, args.onnx)
+    if args.json:
+        _print_json({"onnx": str(out), "identity": str(sidecar(out)), "encoder": encoder.identity})
+    else:
+        print(f"exported {encoder.name} to {out} (uint8 (B, 3, {encoder.image_size}, {encoder.image_size}) in, "
+              f"(B, {encoder.dim}) unit vectors out; identity in {sidecar(out)})")
+    return 0
+
+
 # ----- train / app / demo ----------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from training.settings import config_from_args
@@ -382,6 +396,12 @@ def _add_query_commands(sub) -> None:
                    help="images searched at most by --label-free (default 2000)")
     _common(e, indexes=False)
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="write an encoder as an ONNX model (uint8 images in, unit vectors out)")
+    x.add_argument("encoder", metavar="RUN_OR_SPEC", help="runs/RUN, pixels, random:NAME or timm:NAME")
+    x.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write (and OUT.json beside it)")
+    x.add_argument("--json", action="store_true", help="machine-readable output")
+    x.set_defaults(func=cmd_export)
 
 
 def _access_flags(sp) -> None:

@@ -32,7 +32,10 @@ from .jobs import JobManager
 if TYPE_CHECKING:
     from retrieval.workspace import Workspace
 
-MAX_UPLOAD = "20mb"
+MAX_UPLOAD_MB = 20
+CONCURRENCY = 2  # events (and /api/search calls) run at once; more wait their turn
+MAX_UPLOAD = f"{MAX_UPLOAD_MB}mb"  # as Gradio takes it
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 2**20  # as Gradio reads MAX_UPLOAD
 
 
 def upload_folder() -> Path:
@@ -136,10 +139,11 @@ class Serving:
 
 def serve(demo: gr.Blocks, jobs: JobManager, allowed: list[str], *, host: str, port: int | None, share: bool,
           block: bool, css: str = "", on_close: Callable[[], Any] | None = None,
-          auth: list[tuple[str, str]] | None = None) -> None:
+          auth: list[tuple[str, str]] | None = None, routes: list | None = None) -> None:
     """Start the server for ``demo``, which may read only ``allowed``, behind ``auth`` if given (see
-    :func:`app.ui.launch`; :func:`app.access.require_login` has already refused an exposed server without it)."""
-    demo.queue(default_concurrency_limit=2)
+    :func:`app.ui.launch`; :func:`app.access.require_login` has already refused an exposed server without it).
+    ``routes`` (FastAPI routes, :func:`app.api.routes`) are served by the same app as the page."""
+    demo.queue(default_concurrency_limit=CONCURRENCY)
     # A blocking server stops on Ctrl-C; make SIGTERM (service managers, `docker stop`) do the same, so running
     # trainings get to save a checkpoint below instead of dying mid-step.
     previous = None
@@ -148,7 +152,8 @@ def serve(demo: gr.Blocks, jobs: JobManager, allowed: list[str], *, host: str, p
     try:
         demo.launch(server_name=host, server_port=port, share=share, allowed_paths=allowed, auth=auth or None,
                     max_file_size=MAX_UPLOAD, prevent_thread_lock=not block, show_error=False, ssr_mode=False,
-                    quiet=not block, css=css, footer_links=["api"])
+                    quiet=not block, css=css, footer_links=["api"],
+                    app_kwargs={"routes": list(routes or [])})
         if block:
             if on_close is not None:
                 on_close()

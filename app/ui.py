@@ -10,6 +10,9 @@ Named API endpoints, for ``gradio_client.Client(url, download_files=False)``:
 * ``/search`` (image, index, k) → (gallery, ``[{"rank", "path", "score"}, …]``)
 * ``/compare`` (image, indexes, k) → ``{index_name: [{"rank", "path", "score"}, …]}``
 
+and, beside them, a plain JSON endpoint for scripts (:mod:`app.api`): ``POST /api/search`` with the form fields
+``image`` (a file), ``index`` and ``k`` → ``[{"rank", "path", "score"}, …]``.
+
 Serving safety: results are returned as absolute paths produced by :meth:`Workspace.resolve` (which refuses anything
 that is not an item of the index); the server may only read files under the collection roots of the indexes that
 existed at launch (``allowed_paths``) and Gradio's own upload cache, where results of collections indexed later are
@@ -26,10 +29,11 @@ from typing import TYPE_CHECKING, Any, Callable
 import gradio as gr
 
 from .access import Credentials, FolderRoots, exposed, login, require_login
+from .api import routes as api_routes
 from .context import AppContext, Tab
 from .jobs import JobManager
 from .opening import Opening
-from .serving import Serving, allowed_paths, serve
+from .serving import CONCURRENCY, MAX_UPLOAD_BYTES, Serving, allowed_paths, serve
 from .tabs.compare import CompareTab
 from .tabs.explore import ExploreTab
 from .tabs.indexes import IndexesTab
@@ -134,5 +138,5 @@ def launch(indexes: str | Path = "indexes", host: str = "127.0.0.1", port: int |
         jobs.start("background", "background tasks", lambda job: background(jobs))
     jobs.start("thumbnails", "drop the thumbnails of removed images", lambda job: demo.lookalike.ctx.sweep_thumbnails())
     serve(demo, jobs, allowed, host=host, port=port, share=share, block=block, css=CSS, on_close=on_close,
-          auth=credentials)
+          auth=credentials, routes=api_routes(workspace, MAX_UPLOAD_BYTES, CONCURRENCY))
     return demo

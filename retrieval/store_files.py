@@ -192,6 +192,28 @@ def write_scorecard(directory: Path, generation: int, card: dict, seed: int = 0,
         cache = {"generation": generation, "cards": {}}
     cache.setdefault("cards", {})[_scorecard_key(seed, sample)] = card
     atomic_write_json(directory / SCORECARD, cache)
+def read_known(root: Path, name: str) -> tuple[dict, dict[str, tuple[int, float]], list[tuple[str, str]]]:
+    """(manifest, live path → (size, mtime), skipped (path, reason) by path) of index ``name``, read from its
+    SQLite file alone (no FAISS, no NumPy): what a refresh compares a fresh scan with."""
+    directory = root / validate_name(name)
+    for attempt in range(5):
+        try:
+            manifest = read_manifest(directory)
+        except FileNotFoundError:
+            raise not_found_error(root, name) from None
+        try:
+            con = read_db(directory / manifest["files"]["items"])
+            try:
+                known = {p: (int(s), float(m)) for p, s, m in
+                         con.execute("SELECT path, size, mtime FROM items WHERE deleted = 0")}
+                skipped = con.execute("SELECT path, reason FROM skipped ORDER BY path").fetchall()
+            finally:
+                con.close()
+            return manifest, known, [(p, r) for p, r in skipped]
+        except (sqlite3.Error, OSError):  # a writer swapped generations between the two reads
+            if attempt == 4:
+                raise LookalikeError(f"index {name!r} kept changing while being read; try again") from None
+    raise AssertionError("not reached")
 
 
 # ----- generations ------------------------------------------------------------------------------------------

@@ -262,18 +262,25 @@ class Workspace:
         return BuildReport(name, store.count, store.manifest["dim"], store.manifest["encoder"], removed=removed)
 
     def refresh(self, name: str, progress: bool = True, on_progress: Progress | None = None) -> BuildReport:
-        """Re-scan the collection: embed only new or changed files (size or mtime), drop deleted ones."""
-        from .collection import scan
+        """Re-scan the collection: embed only new or changed files (size or mtime), drop deleted ones.
 
-        store = self.store(name)
-        root = Path(store.manifest["root"])
+        The scan is compared with the index's item table first (sizes and mtimes read from its SQLite file, the
+        files it knows never opened): an unchanged folder is answered without opening the FAISS index, building
+        the encoder or decoding an image; otherwise the encoder is built only if a file must be embedded."""
+        from .collection import scan
+        from .store_files import read_known
+
+        manifest, known, skipped = read_known(self.root, name)
+        root = Path(manifest["root"])
         if not root.is_dir():
             raise LookalikeError(f"the collection folder of {name!r} ({root}) no longer exists")
-        known = store.items()
-        current = scan(root, labels=True, progress=progress, confine=self.confine,
-                       known={p: (it.size, it.mtime) for p, it in known.items()})
-        changed = [it for it in current.items
-                   if it.path not in known or (known[it.path].size, known[it.path].mtime) != (it.size, it.mtime)]
+        current = scan(root, labels=True, progress=progress, confine=self.confine, known=known)
+        if _unchanged(current, known, skipped):
+            return BuildReport(name, len(known), manifest["dim"], manifest["encoder"],
+                               sorted(current.skipped, key=_by_path))
+        store = self.store(name)
+        known = {p: (it.size, it.mtime) for p, it in store.items().items()}  # its newest generation
+        changed = [it for it in current.items if known.get(it.path) != (it.size, it.mtime)]
         present = {it.path for it in current.items}
         gone = [p for p in known if p not in present]
         return self._apply(store, current, changed, gone, current.skipped, progress, on_progress,
@@ -282,22 +289,30 @@ class Workspace:
     def _apply(self, store: IndexStore, collection: Collection, to_embed: list[Item], to_remove: list[str],
                skipped: list[Skipped], progress: bool, on_progress: Progress | None,
                replace_skipped: bool = False) -> BuildReport:
+        paths, vectors, bad, identity, rate = self._embed(store, collection, to_embed, progress, on_progress)
+        by_path = {it.path: it for it in to_embed}
+        skipped = skipped + bad
+        # Files that no longer decode are dropped from the index too, rather than left with stale vectors.
+        to_remove = sorted(set(to_remove) | ({s.path for s in bad} & set(store.items())))
+        if not replace_skipped:
+            fixed = set(paths)
+            skipped = [s for s in store.skipped() if s.path not in fixed and s.path not in by_path] + skipped
+        store.update(items=[by_path[p] for p in paths], vectors=vectors, remove=to_remove, skipped=skipped)
+        return BuildReport(store.name, store.count, store.dim, identity, sorted(skipped, key=_by_path),
+                           added=len(paths), removed=len(to_remove), images_per_s=rate)
+
+    def _embed(self, store: IndexStore, collection: Collection, to_embed: list[Item], progress: bool,
+               on_progress: Progress | None) -> tuple[list[str], object, list[Skipped], dict, float]:
+        """(paths, vectors, skipped, encoder identity, images/s) of ``to_embed``: the index's encoder is built
+        (and torch imported) only when there is something to embed."""
+        if not to_embed:
+            return [], None, [], store.manifest["encoder"], 0.0
         from .embed import embed_collection
 
         encoder = self.encoder_for(store)
         result = embed_collection(encoder, collection, paths=[it.path for it in to_embed], progress=progress,
                                   on_progress=on_progress)
-        by_path = {it.path: it for it in to_embed}
-        skipped = skipped + result.skipped
-        # Files that no longer decode are dropped from the index too, rather than left with stale vectors.
-        to_remove = sorted(set(to_remove) | ({s.path for s in result.skipped} & set(store.items())))
-        if not replace_skipped:
-            fixed = set(result.paths)
-            skipped = [s for s in store.skipped() if s.path not in fixed and s.path not in by_path] + skipped
-        store.update(items=[by_path[p] for p in result.paths], vectors=result.vectors, remove=to_remove,
-                     skipped=skipped)
-        return BuildReport(store.name, store.count, encoder.dim, encoder.identity, sorted(skipped, key=_by_path),
-                           added=len(result.paths), removed=len(to_remove), images_per_s=result.images_per_s)
+        return result.paths, result.vectors, result.skipped, encoder.identity, result.images_per_s
 
     @staticmethod
     def _relative(root: Path, path: str | Path) -> str:
@@ -352,6 +367,11 @@ def default_encoder() -> tuple[str, str]:
         return DEFAULT_SPEC, "the pretrained encoder installed here"
     hint = install_hint(DEFAULT_SPEC.partition(":")[2])
     return FALLBACK_ENCODER, f"no pretrained encoder is installed ({hint})"
+def _unchanged(current: Collection, known: dict[str, tuple[int, float]], skipped: list[tuple[str, str]]) -> bool:
+    """Whether a fresh scan finds exactly the items ``known`` (same sizes and mtimes) and the same skipped files."""
+    return (len(current.items) == len(known)
+            and all(known.get(it.path) == (it.size, it.mtime) for it in current.items)
+            and sorted((s.path, s.reason) for s in current.skipped) == skipped)
 
 
 def evaluate_folder(directory: str | Path, encoder: Encoder, progress: bool = True,
