@@ -161,10 +161,11 @@ def run_child(module: str, task: dict, env: dict | None = None, timeout: float |
     """Run ``python -m module --child TASK_JSON`` in a fresh process and return the dict it printed last.
 
     The one protocol of the benchmarks for a measurement that must start as a real command does (allocator,
-    threads, imports, peak memory): the child's ``main`` calls :func:`child_main` first. ``env`` replaces the
-    environment (the repository is put on ``PYTHONPATH`` so ``-m bench.…`` resolves from anywhere).
+    threads, imports, peak memory): the child's ``main`` calls :func:`child_main` first. ``env`` holds variables
+    set over this process's environment; the repository goes first on ``PYTHONPATH`` so ``-m bench.…`` resolves
+    from anywhere (a ``PYTHONPATH`` in ``env`` follows it: e.g. another revision's copy of a package).
     """
-    env = dict(os.environ if env is None else env)
+    env = {**os.environ, **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     proc = subprocess.run([sys.executable, "-m", module, CHILD_FLAG, json.dumps(task)], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=timeout)

@@ -61,14 +61,12 @@ from retrieval.runformat import STATE_VERSION
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .data import TrainingData, data_fingerprint, open_data
-from .data import default_workers as _default_workers  # noqa: F401 (the benchmarks import it from here)
 from .distributed import Distributed, sync_batchnorm, wrap_ddp
 from .finetune import Sources, freeze_batchnorm, freeze_layers, frozen_layers, resolve_sources
 from .monitor import KnnMonitor
 from .optim import LARS, LR_FLOOR, default_lr, default_weight_decay, get_lr, make_optimizer, set_lr  # noqa: F401
 from .rundir import append_metrics, encoder_meta, open_run, prepare_run_dir, weights_match
 from .runtime import GracefulStop, get_rng_state, resolve_precision, seed_everything, set_rng_state
-from .runtime import cpu_has_native_bf16  # noqa: F401 (the benchmarks import it from here)
 from .settings import DEFAULT_BACKBONE, DEFAULT_STEM
 
 __all__ = ["TrainConfig", "train", "get_lr", "feature_dim", "TrainingDivergedError", "LARS", "resolve_precision",
