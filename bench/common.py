@@ -33,7 +33,7 @@ CHILD_FLAG = "--child"
 
 __all__ = ["ROOT", "RESULTS", "utc_now", "machine_info", "write_atomic", "pyplot", "save_figure", "quick_name",
            "result_path", "save_result", "parser", "setup", "logger", "timed", "run_child", "child_main", "fmt", "markdown_table",
-           "report", "work_dir", "free_port", "rss_bytes", "peak_rss_kb", "lightly_version"]
+           "report", "work_dir", "free_port", "rss_bytes", "peak_rss_kb", "trim_heap", "serialized_bytes", "recall_at_k", "lightly_version"]
 
 
 # ------------------------------------------------------------------------------------------------------ machine
@@ -90,6 +90,41 @@ def peak_rss_kb(field: str = "VmHWM") -> int:
     return 0
 
 
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc), so an RSS difference reflects what a build keeps."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def serialized_bytes(index) -> int:
+    """Size of ``faiss.write_index(index)`` without holding the bytes (a 1M x 512 flat index is 2 GB)."""
+    import faiss
+
+    total = [0]
+
+    def count(chunk: bytes) -> int:
+        total[0] += len(chunk)
+        return len(chunk)
+
+    writer = faiss.PyCallbackIOWriter(count)
+    faiss.write_index(index, writer)
+    del writer
+    return total[0]
+
+
+def recall_at_k(got, truth) -> float:
+    """Mean fraction of each query's exact top-k (``truth``: (Q, k) ids) found in its approximate top-k (``got``;
+    -1 never matches)."""
+    import numpy as np
+
+    k = truth.shape[1]
+    return float(np.mean([len(np.intersect1d(g[g >= 0], t)) / k for g, t in zip(got, truth)]))
+
+
 def lightly_version() -> str:
     """The installed ``lightly`` (the peer library of the ``bench`` extra), or ``"not installed"``."""
     try:
@@ -131,9 +166,12 @@ def setup(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def logger(name: str) -> Callable[[str], None]:
-    """``log(msg)`` printing ``[name] msg`` on stderr (stdout carries the table or the JSON)."""
+    """``log(msg)`` printing ``[name  seconds since this call] msg`` on stderr (stdout carries the table or the
+    JSON)."""
+    t0 = time.perf_counter()
+
     def log(msg: str) -> None:
-        print(f"[{name}] {msg}", file=sys.stderr, flush=True)
+        print(f"[{name} {time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     return log
 
