@@ -32,8 +32,10 @@ RESULTS = ROOT / "bench" / "results"
 CHILD_FLAG = "--child"
 
 __all__ = ["ROOT", "RESULTS", "utc_now", "machine_info", "write_atomic", "pyplot", "save_figure", "quick_name",
-           "result_path", "save_result", "parser", "setup", "logger", "timed", "run_child", "child_main", "fmt", "markdown_table",
-           "report", "work_dir", "free_port", "rss_bytes", "peak_rss_kb", "trim_heap", "serialized_bytes", "recall_at_k", "lightly_version"]
+           "result_path",
+           "save_result", "parser", "setup", "logger", "timed", "start_child", "finish_child", "run_child",
+           "child_main", "fmt", "markdown_table", "report", "work_dir", "free_port", "rss_bytes", "peak_rss_kb",
+           "trim_heap", "serialized_bytes", "recall_at_k", "lightly_version"]
 
 
 # ------------------------------------------------------------------------------------------------------ machine
@@ -195,8 +197,8 @@ def timed(fn: Callable, *args, **kwargs) -> tuple[float, object]:
 
 
 # ------------------------------------------------------------------------------------------------ child processes
-def run_child(module: str, task: dict, env: dict | None = None, timeout: float | None = None) -> dict:
-    """Run ``python -m module --child TASK_JSON`` in a fresh process and return the dict it printed last.
+def start_child(module: str, task: dict, env: dict | None = None) -> subprocess.Popen:
+    """Start ``python -m module --child TASK_JSON`` in a fresh process; :func:`finish_child` collects its dict.
 
     The one protocol of the benchmarks for a measurement that must start as a real command does (allocator,
     threads, imports, peak memory): the child's ``main`` calls :func:`child_main` first. ``env`` holds variables
@@ -205,12 +207,23 @@ def run_child(module: str, task: dict, env: dict | None = None, timeout: float |
     """
     env = {**os.environ, **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, "-m", module, CHILD_FLAG, json.dumps(task)], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=timeout)
-    lines = proc.stdout.strip().splitlines()
+    return subprocess.Popen([sys.executable, "-m", module, CHILD_FLAG, json.dumps(task)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def finish_child(proc: subprocess.Popen, timeout: float | None = None) -> dict:
+    """Wait for a child of :func:`start_child`; the dict it printed last (RuntimeError with its stderr if it
+    failed)."""
+    out, err = proc.communicate(timeout=timeout)
+    lines = out.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"child {module} {task} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"child {' '.join(proc.args[2:4])} failed ({proc.returncode}):\n{err[-3000:]}")
     return json.loads(lines[-1])
+
+
+def run_child(module: str, task: dict, env: dict | None = None, timeout: float | None = None) -> dict:
+    """:func:`start_child` then :func:`finish_child`: one measurement in a fresh process."""
+    return finish_child(start_child(module, task, env), timeout)
 
 
 def child_main(argv: Sequence[str] | None, measure: Callable[[dict], dict]) -> bool:
