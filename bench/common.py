@@ -28,7 +28,8 @@ from retrieval.fsutil import atomic_write_bytes, atomic_write_json
 from retrieval.fsutil import now_iso as utc_now
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+# where results go: bench/results (the figures the README quotes), or elsewhere for a trial run
+RESULTS = Path(os.environ.get("LOOKALIKE_BENCH_RESULTS") or ROOT / "bench" / "results")
 CHILD_FLAG = "--child"
 
 __all__ = ["ROOT", "RESULTS", "utc_now", "machine_info", "write_atomic", "pyplot", "save_figure", "quick_name",
