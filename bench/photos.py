@@ -175,29 +175,52 @@ def check_trainer(train: dict) -> None:
         raise NeedsTrainerFeature(f"needs --method {train['method']}: not in training.methods.METHODS here")
 
 
-def train_row(row: Row, data_dir: Path, run: Path, minutes: float) -> tuple[Path, float | None, bool]:
-    """Train (or reuse a finished / resume an interrupted) Lookalike run of ``row``: (run, wall minutes, reused)."""
+def train_run(run: Path, config: Callable[[bool], object]) -> tuple[Path, float | None, bool]:
+    """Train ``config(resume)`` (a TrainConfig writing to ``run``), reuse ``run`` when it finished or resume it when
+    it was interrupted (the clock then includes its first segment): (run, wall minutes, reused)."""
     from retrieval.runformat import STATE
-    from training.trainer import TrainConfig, train
+    from training.trainer import train
 
-    check_trainer(row.train)
     if finished(run):
         return run, wall_minutes(run), True
     resume = (run / STATE).exists()
     if run.exists() and not resume:  # killed before its first checkpoint
         shutil.rmtree(run)
-    cfg = TrainConfig(data_dir=str(data_dir), out=str(run), minutes=minutes, device="cpu", resume=resume,
-                      **row.train)
+    cfg = config(resume)
     prior = (run_facts(run).get("clock_minutes") or 0.0) if resume else 0.0
     wall = timed_training(run, lambda: train(cfg, progress=False)) + prior
     sidecar(run).write_text(json.dumps({"wall_minutes": wall}))
     return run, wall, resume
 
 
+def peer_run(run: Path, call: Callable[[], Path]) -> tuple[Path, float | None, bool]:
+    """Train lightly's run by ``call()`` (it returns the run directory), or reuse a finished one; a run cut short
+    cannot resume and starts again: (run, wall minutes, reused)."""
+    from retrieval.runformat import META, WEIGHTS
+
+    if (run / META).is_file() and (run / WEIGHTS).is_file():
+        return run, wall_minutes(run), True
+    if run.exists():
+        shutil.rmtree(run)
+    out: dict = {}
+    wall = timed_training(run, lambda: out.setdefault("run", Path(call())))
+    if out["run"] != run:
+        sidecar(out["run"]).write_text(json.dumps({"wall_minutes": wall}))
+    return out["run"], wall, False
+
+
+def train_row(row: Row, data_dir: Path, run: Path, minutes: float) -> tuple[Path, float | None, bool]:
+    """Train (or reuse a finished / resume an interrupted) Lookalike run of ``row``: (run, wall minutes, reused)."""
+    from training.trainer import TrainConfig
+
+    check_trainer(row.train)
+    return train_run(run, lambda resume: TrainConfig(data_dir=str(data_dir), out=str(run), minutes=minutes,
+                                                     device="cpu", resume=resume, **row.train))
+
+
 def train_peer_row(row: Row, data_dir: Path, run: Path, minutes: float) -> tuple[Path, float | None, bool]:
     """lightly's run of ``row`` with the trainer's default backbone, stem, image size and batch (with an ``init``:
     its batch, the rest from the weights)."""
-    from retrieval.runformat import META, WEIGHTS
     from training.settings import setting
 
     peers, why = peers_or_reason()
@@ -207,10 +230,6 @@ def train_peer_row(row: Row, data_dir: Path, run: Path, minutes: float) -> tuple
     if "init" in extra and "init" not in inspect.signature(peers.train_lightly).parameters:
         raise NeedsTrainerFeature("bench.peers.train_lightly takes no init: lightly's rows start from random "
                                   "weights only")
-    if (run / META).is_file() and (run / WEIGHTS).is_file():
-        return run, wall_minutes(run), True
-    if run.exists():
-        shutil.rmtree(run)
     # from random weights: the trainer's defaults; from ``init``: the fine-tuning batch, and the rest from the init
     # (train_lightly derives it as our trainer does)
     if "init" in extra:
@@ -219,9 +238,8 @@ def train_peer_row(row: Row, data_dir: Path, run: Path, minutes: float) -> tuple
         defaults = {"batch_size": FINETUNE_DEFAULTS["batch_size"]}
     else:
         defaults = {k: setting(k).default for k in ("backbone", "stem", "image_size", "batch_size")}
-    wall = timed_training(run, lambda: peers.train_lightly(row.peer["method"], data_dir, run, minutes=minutes,
-                                                   progress=False, **defaults, **extra))
-    return run, wall, False
+    return peer_run(run, lambda: peers.train_lightly(row.peer["method"], data_dir, run, minutes=minutes,
+                                                     progress=False, **defaults, **extra))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -32,15 +32,14 @@ Rerun:  python -m bench.quality                         # 3 min per trained row 
         python -m bench.quality --quick                 # 0.25 min per trained row (~5 min)
         python -m bench.quality --methods simclr byol --minutes 5 --runs-dir runs/bench-quality --json
 Prints a markdown table and the goal check (JSON with ``--json``) and always writes ``bench/results/quality.json``
-(figures, settings, machine, date) and ``bench/results/quality.png`` (``quality_quick.*`` with ``--quick``). Budgets are wall-clock: other jobs sharing
-the CPUs lower the steps every trained row gets, so compare rows from one run on a quiet machine. With
+(figures, settings, machine, date) and ``bench/results/quality.png`` (``quality_quick.*`` with ``--quick``).
+Budgets are wall-clock: other jobs sharing the CPUs lower the steps every trained row gets, so compare rows from
+one run on a quiet machine. With
 ``--runs-dir`` finished runs are kept and reused (an interrupted one resumes); by default they go to a temp dir.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 import time
 import traceback
@@ -49,9 +48,7 @@ from pathlib import Path
 from bench.common import (ROOT, fmt, logger, markdown_table, parser, pyplot, quick_name, report, save_figure,
                           save_result, work_dir)
 from bench.datasets import emoji_codes
-from bench.photos import PRETRAINED, finished, peers_or_reason, run_facts, sidecar, timed_training, trainable_methods
-from bench.photos import wall_minutes
-from retrieval.runformat import META, STATE, WEIGHTS
+from bench.photos import PRETRAINED, peer_run, peers_or_reason, run_facts, train_run, trainable_methods
 
 NAME = "quality"
 
@@ -132,42 +129,19 @@ def train_lookalike(method: str, data_dir: Path, run: Path, minutes: float) -> t
     import dataclasses
 
     from app.demo import demo_config
-    from training.trainer import train
 
-    if finished(run):
-        return run, wall_minutes(run), True
-    resume = (run / STATE).exists()
-    cfg = dataclasses.replace(demo_config(method, data_dir, run, minutes, resume=resume), device="cpu")
-    if resume:  # an interrupted earlier call: continue it; the clock includes its first segment
-        prior = run_facts(run).get("clock_minutes") or 0.0
-        wall = timed_training(run, lambda: train(cfg, progress=False))
-        sidecar(run).write_text(json.dumps({"wall_minutes": wall + prior}))
-        return run, wall + prior, True
-    if run.exists():  # leftovers of a call killed before the first checkpoint (no state.pt, no encoder.json)
-        shutil.rmtree(run)
-    return run, timed_training(run, lambda: train(cfg, progress=False)), False
+    return train_run(run, lambda resume: dataclasses.replace(demo_config(method, data_dir, run, minutes,
+                                                                         resume=resume), device="cpu"))
 
 
 def train_peer(peers, method: str, data_dir: Path, run: Path, minutes: float) -> tuple[Path, float | None, bool]:
     """lightly's ``method`` with the demo's backbone, stem, image size and batch, for ``minutes``."""
     from app.demo import DEMO_AUGMENT, DEMO_BACKBONE, DEMO_IMAGE_SIZE, DEMO_STEM, demo_config
 
-    if (run / META).is_file() and (run / WEIGHTS).is_file():
-        return run, wall_minutes(run), True
-    if run.exists():  # a peer run that was cut short (no encoder.json): it cannot resume, so start again
-        shutil.rmtree(run)
     batch = demo_config(method, data_dir, run, minutes).batch_size  # the trainer's default batch
-    out: dict = {}
-
-    def go():
-        out["run"] = Path(peers.train_lightly(method, data_dir, run, backbone=DEMO_BACKBONE, stem=DEMO_STEM,
-                                              image_size=DEMO_IMAGE_SIZE, batch_size=batch, minutes=minutes,
-                                              augment=dict(DEMO_AUGMENT), progress=False))
-
-    wall = timed_training(run, go)
-    if out["run"] != run:
-        sidecar(out["run"]).write_text(json.dumps({"wall_minutes": wall}))
-    return out["run"], wall, False
+    return peer_run(run, lambda: peers.train_lightly(method, data_dir, run, backbone=DEMO_BACKBONE, stem=DEMO_STEM,
+                                                     image_size=DEMO_IMAGE_SIZE, batch_size=batch, minutes=minutes,
+                                                     augment=dict(DEMO_AUGMENT), progress=False))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "embed_precision": Benchmark("bf16 against fp32 embedding: speed and how far the vectors move", 1.0),
     "cpu_limits": Benchmark("the CPU's limits and how close the commands come to them", 6.0),
     "index_bench": Benchmark("index kinds at 1M vectors: build, q/s, recall, memory", 5.0),
-    "beyond_memory": Benchmark("bytes per vector of each index kind; FAISS on-disk inverted lists", 0.5),
+    "beyond_memory": Benchmark("bytes per vector of each index kind; FAISS on-disk inverted lists", 2.0),
     "scale": Benchmark("photo folders at 100k: build, refresh, search latency, near duplicates, map", 5.0),
     "thumbnails": Benchmark("what a gallery of 50 phone photos costs the browser, originals against thumbnails",
                             1.0),
