@@ -33,10 +33,9 @@ RESULTS = Path(os.environ.get("LOOKALIKE_BENCH_RESULTS") or ROOT / "bench" / "re
 CHILD_FLAG = "--child"
 
 __all__ = ["ROOT", "RESULTS", "utc_now", "machine_info", "write_atomic", "pyplot", "save_figure", "quick_name",
-           "result_path",
-           "save_result", "parser", "setup", "logger", "timed", "start_child", "finish_child", "run_child",
-           "child_main", "fmt", "markdown_table", "report", "work_dir", "free_port", "rss_bytes", "peak_rss_kb",
-           "trim_heap", "serialized_bytes", "recall_at_k", "lightly_version"]
+           "result_path", "save_result", "parser", "setup", "logger", "timed", "start_child", "finish_child",
+           "run_child", "child_main", "fmt", "markdown_table", "report", "work_dir", "free_port", "rss_bytes",
+           "peak_rss_kb", "trim_heap", "serialized_bytes", "recall_at_k", "lightly_version"]
 
 
 # ------------------------------------------------------------------------------------------------------ machine

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 from bench.common import (child_main, logger, parser, peak_rss_kb, pyplot, quick_name, report, run_child,
-                          save_figure, save_result)
+                          save_figure, save_result, timed)
 from bench.datasets import JPEG_SIZE, jpeg_files, link_folder, make_jpegs
 
 NAME = "embed_throughput"
@@ -147,9 +147,7 @@ def measure_encoder(spec: str, folder: Path, work: Path, batch: int, workers: in
     files = jpeg_files(folder)
     n = len(files)
     ws = Workspace(work / "indexes")
-    t0 = time.perf_counter()
-    encoder = ws.encoder(spec)
-    load_s = time.perf_counter() - t0
+    load_s, encoder = timed(ws.encoder, spec)
     x = predecode(encoder, folder, files)
     if model_only:
         mean = torch.tensor(encoder.mean).view(1, 3, 1, 1)

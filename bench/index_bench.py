@@ -75,8 +75,8 @@ from typing import Iterator
 import faiss
 import numpy as np
 
-from bench.common import (ROOT, logger, parser, pyplot, quick_name, recall_at_k, report, rss_bytes, save_figure, save_result,
-                          serialized_bytes, trim_heap)
+from bench.common import (ROOT, logger, parser, pyplot, quick_name, recall_at_k, report, rss_bytes, save_figure,
+                          save_result, serialized_bytes, trim_heap)
 from bench.datasets import ClusteredGaussian
 from retrieval import index_kinds
 from retrieval.index_kinds import KINDS, search_parameters, target_kind

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.demo import PRETRAINED_SPEC as PRETRAINED  # the pretrained encoder the demo uses
-from bench.common import (logger, markdown_table, parser, quick_name, report, result_path, save_result,
+from bench.common import (logger, timed, markdown_table, parser, quick_name, report, result_path, save_result,
                           work_dir)
 from retrieval.allocator import release_free_memory
 from retrieval.errors import LookalikeError
@@ -130,9 +130,7 @@ def sidecar(run: Path) -> Path:
 
 def timed_training(run: Path, fn) -> float | None:
     """Call ``fn()`` (which trains into ``run``); wall minutes, also written beside the run for a later reuse."""
-    t0 = time.perf_counter()
-    fn()
-    minutes = (time.perf_counter() - t0) / 60
+    minutes = timed(fn)[0] / 60
     sidecar(run).write_text(json.dumps({"wall_minutes": minutes}))
     return minutes
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.common import logger, markdown_table, parser, quick_name, report, save_result, setup
+from bench.common import logger, markdown_table, parser, quick_name, report, save_result, setup, timed
 
 NAME = "train_quality"
 METHODS = ("simclr", "moco", "byol")
@@ -42,9 +41,8 @@ def train_and_score(method: str, data: Path, out: Path, minutes: float) -> dict:
 
     try:
         cfg = TrainConfig(data_dir=str(data), method=method, minutes=minutes, out=str(out), device="cpu")
-        t0 = time.perf_counter()
-        run_dir = train(cfg, progress=False)
-        return {**score(data, str(run_dir)), "train_minutes": (time.perf_counter() - t0) / 60}
+        seconds, run_dir = timed(train, cfg, progress=False)
+        return {**score(data, str(run_dir)), "train_minutes": seconds / 60}
     except Exception as exc:  # noqa: BLE001 - report the row, go on with the other methods
         return {"error": f"{type(exc).__name__}: {exc}", "train_minutes": None}
 

@@ -2,15 +2,16 @@
 
 For SimCLR, MoCo v2 and BYOL this runs, back to back, each run in a fresh process, our trainer
 (``training.trainer.train`` with the demo's settings, ``app.demo.demo_config``: resnet10t, stem "default", 64 px,
-batch 128, the demo's augmentation overrides and pooling) and the lightly peer (``bench.peers.train_lightly``: lightly's transforms,
-heads, losses and momentum utilities around the same timm backbone, same optimiser and schedule, configured with
-the same augmentation settings) on the same data (the demo collection ``data/demo/emoji/twitter``, 1,911 PNGs), on
-the CPU, both in fp32, with the same number of DataLoader workers (our trainer's rule unless ``--workers``: 1 on 2
-cores) and the same torch thread count. Each run skips ``--warmup`` steps (worker start-up, first-touch
-allocations) and times the next ``--steps`` optimiser steps end to end: ``images/s = steps * batch / seconds``.
-The implementations alternate (ours, lightly, ours, lightly, ...) for ``--rounds`` rounds, so machine noise hits
-both alike; the ratio is computed per round and the median reported. ``--ref GITREF`` also times our trainer as
-of a git revision (its ``training/`` package unpacked to a temp dir) in the same rounds: before/after a change.
+batch 128, the demo's augmentation overrides and pooling) and the lightly peer (``bench.peers.train_lightly``:
+lightly's transforms, heads, losses and momentum utilities around the same timm backbone, same optimiser and
+schedule, configured with the same augmentation settings) on the same data (the demo collection
+``data/demo/emoji/twitter``, 1,911 PNGs), on the CPU, both in fp32, with the same number of DataLoader workers (our
+trainer's rule unless ``--workers``: 1 on 2 cores) and the same torch thread count. Each run skips ``--warmup``
+steps (worker start-up, first-touch allocations) and times the next ``--steps`` optimiser steps end to end:
+``images/s = steps * batch / seconds``. The implementations alternate (ours, lightly, ours, lightly, ...) for
+``--rounds`` rounds, so machine noise hits both alike; the ratio is computed per round and the median reported.
+``--ref GITREF`` also times our trainer as of a git revision (its ``training/`` package unpacked to a temp dir) in
+the same rounds: before/after a change.
 
 On a CPU with native bf16 (AMX / AVX512-BF16) our trainer's default precision (``auto``) is bf16 autocast, which
 lightly's examples do not use; the full run therefore also times ours in bf16 in the same rounds (``--bf16``), a

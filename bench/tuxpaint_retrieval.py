@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench import photos
+from bench.common import timed
 from bench.datasets import check_installed, make_folder
 
 NAME = "tuxpaint_retrieval"
@@ -47,9 +47,7 @@ def score_folder(encoder, folder: Path) -> dict:
 
     collection = scan(folder, labels=True)
     label = {it.path: it.label or "" for it in collection.items}
-    t0 = time.perf_counter()
-    emb = embed_collection(encoder, collection, progress=False)
-    seconds = time.perf_counter() - t0
+    seconds, emb = timed(embed_collection, encoder, collection, progress=False)
     labels = [label[p] for p in emb.paths]
     out = evaluate_labelled(emb.vectors, labels)
     out["knn@20"] = knn_accuracy(emb.vectors, labels, emb.vectors, labels, k=KNN_SMALL_K, exclude_self=True)
