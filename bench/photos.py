@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.demo import PRETRAINED_SPEC as PRETRAINED  # the pretrained encoder the demo uses
-from bench.common import (logger, timed, markdown_table, parser, quick_name, report, result_path, save_result,
+from bench.common import (logger, setup, timed, markdown_table, parser, quick_name, report, result_path, save_result,
                           work_dir)
 from retrieval.allocator import release_free_memory
 from retrieval.errors import LookalikeError
@@ -369,6 +369,7 @@ def run_benchmark(name: str, args, evaluate: Callable, train_dir: Callable[[], P
     """Plan the rows from ``args``, run them, save ``bench/results/<name>[_quick].json``, print; exit status."""
     import torch
 
+    setup(args)
     if args.merge:
         return merge_parts(name, args, columns, headline, title)
     minutes = minutes_of(args)
