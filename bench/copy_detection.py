@@ -37,6 +37,7 @@ from bench.common import logger
 from bench.datasets import check_installed, composite_on_texture, load_split, stamp_categories
 
 NAME = "copy_detection"
+log = logger(NAME)
 SIZE = 256
 TOP_K = 10
 SPLIT = (0.5, 0.25)  # references, indexed distractors; the rest are the negative queries' photos
@@ -155,7 +156,7 @@ def build(root: Path, seed: int, fmnist: int) -> dict:
                 db / "distractor" / f"fmnist{k:05d}.png")
             n_fm += 1
     except FileNotFoundError as exc:
-        logger(NAME)(f"no Fashion-MNIST distractors: {exc}")
+        log(f"no Fashion-MNIST distractors: {exc}")
     truth: dict[str, str | None] = {}
     sources: list = list(originals.items())
     sources += [(None, composite_on_texture(p, SIZE, seed)) for p in unseen]

@@ -42,6 +42,7 @@ from bench.common import ROOT, child_main, logger, parser, quick_name, report, s
 from bench.datasets import make_jpegs
 
 NAME = "cpu_limits"
+log = logger(NAME)
 PY = sys.executable
 LOOKALIKE = [PY, "-m", "app.cli"]
 CASES = {
@@ -261,7 +262,7 @@ def measure_case(name: str, mode: dict, work: Path) -> dict:
                              "epochs": mode["train_epochs"], "out": str(work / f"job-{name}-{method}")})
             row["job_train"] = {**job, "fraction": job["ips"] / limit["ips"]}
         fig[f"method/{method}"] = row
-        logger(NAME)(f"{name} {method}: step {limit['ips']:.1f} img/s, train {cmd['ips']:.1f} "
+        log(f"{name} {method}: step {limit['ips']:.1f} img/s, train {cmd['ips']:.1f} "
                      f"({row['fraction']:.2f})")
     return fig
 
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lookalike-limits-") as tmp:
         work = Path(tmp)
         for name in args.cases:
-            logger(NAME)(f"case {name} …")
+            log(f"case {name} …")
             figures[name] = measure_case(name, mode, work)
         figures["startup"] = startup(3 if args.quick else 7, work / f"idx-{args.cases[0]}", "cmd")
         if args.allocators:

@@ -28,6 +28,7 @@ from bench.common import logger, markdown_table, parser, quick_name, report, sav
 from bench.datasets import STAMPS
 
 NAME = "embed_precision"
+log = logger(NAME)
 ENCODERS = ("random:resnet10t?size=64", "random:resnet10t?size=64&pool=grid", "random:tf_efficientnet_lite0?size=112",
             "timm:tf_efficientnet_lite0")
 BATCH = 64
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = {}
     for spec in encoders:
         figures[spec] = measure(spec, images, repeats)
-        logger(NAME)(f"{spec}: {figures[spec]}")
+        log(f"{spec}: {figures[spec]}")
     path = save_result(quick_name(NAME, args.quick), figures, images=source, seconds_per_timing=SECONDS,
                        repeats=repeats)
     rows = [[f"`{spec}`", t, f"{v['fp32_ips']:.0f}", f"{v['bf16_ips']:.0f}", f"{v['bf16_speedup']:.2f}x",

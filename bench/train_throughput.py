@@ -63,6 +63,7 @@ from bench.common import (ROOT, child_main, lightly_version, logger, parser, pyp
 from bench.peers import lightly_available, lightly_transform, train_lightly
 
 NAME = "train_throughput"
+log = logger(NAME)
 METHODS = ("simclr", "moco", "byol")
 GOAL = 1.3
 DATA = ROOT / "data" / "demo" / "emoji" / "twitter"
@@ -464,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                     line += f"; Lookalike bf16 {run['bf16']['images_per_s']:.1f} img/s"
                 if ref_package:
                     line += f"; Lookalike at {args.ref} {run['ref']['images_per_s']:.1f} img/s"
-                logger(NAME)(line)
+                log(line)
     costs = None if args.no_costs else worker_costs(data, settings, 64 if args.quick else 256)
     figures = summarise(results)
     path = save_result(quick_name(NAME, args.quick), figures, plot=lambda f, png: plot(f, png, args.ref),
