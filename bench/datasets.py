@@ -13,7 +13,8 @@
   colour field, two octaves of value noise, sometimes stripes, an out-of-focus blur and sensor grain; its longer
   side 55–85% of the canvas, at a random place), everything drawn from a generator seeded by (``seed``, the stamp's
   path). The stamps are GPL-2 and never committed: :func:`make_folder` writes them where a benchmark runs;
-* **the demo's emoji** (:func:`emoji_codes`): the ground truth of ``app.demo_data``'s two-vendor collection.
+* **the demo's emoji** (:class:`EmojiPairs`, :func:`emoji_codes`): ``app.demo_data``'s two-vendor collection and
+  its ground truth.
 
     python -m bench.datasets tuxpaint OUT [--min-per-category 8] [--size 256] [--background texture] [--seed 0]
 """
@@ -315,6 +316,28 @@ def emoji_codes(meta: Path | None) -> dict[str, str]:
     from app.demo_data import file_name
 
     return {f"{r['subcategory']}/{file_name(r)}": r["unified"] for r in json.loads(Path(meta).read_text())}
+
+
+class EmojiPairs:
+    """The demo's two vendors as a retrieval data set: ``collection`` and ``queries`` (scanned, labels = subcategory),
+    ``query_paths`` (the queries whose emoji the collection holds), ``truth`` (query path -> index of its one
+    relevant collection item, by unified code, or by relative file name without ``emoji.json``)."""
+
+    def __init__(self, collection_dir: Path, queries_dir: Path, meta: Path | None):
+        from retrieval.collection import scan
+
+        self.collection = scan(collection_dir, labels=True)
+        self.queries = scan(queries_dir, labels=True)
+        codes = emoji_codes(meta)
+        key = (lambda p: codes.get(p, p))  # the unified code, or the file's relative path without emoji.json
+        self.db_keys = [key(it.path) for it in self.collection.items]
+        self.db_labels = [it.label or "" for it in self.collection.items]
+        where = {k: i for i, k in enumerate(self.db_keys)}
+        self.query_paths = [it.path for it in self.queries.items if key(it.path) in where]
+        self.query_labels = {it.path: it.label or "" for it in self.queries.items}
+        self.truth = {p: where[key(p)] for p in self.query_paths}
+        self.ground_truth = "unified code (emoji.json)" if codes else "relative file name"
+        self.dropped = len(self.queries.items) - len(self.query_paths)
 
 
 def main(argv: list[str] | None = None) -> None:

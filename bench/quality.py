@@ -47,7 +47,7 @@ from pathlib import Path
 
 from bench.common import (ROOT, fmt, logger, markdown_table, parser, pyplot, quick_name, report, save_figure,
                           save_result, work_dir)
-from bench.datasets import emoji_codes
+from bench.datasets import EmojiPairs
 from bench.photos import PRETRAINED, peer_run, peers_or_reason, run_facts, train_run, trainable_methods
 
 NAME = "quality"
@@ -69,24 +69,9 @@ _log = logger(NAME)
 # ------------------------------------------------------------------------------------------------------------
 # data and evaluation
 # ------------------------------------------------------------------------------------------------------------
-class Evaluation:
-    """The two scanned folders and the ground truth; ``__call__(encoder)`` embeds both and scores the queries."""
-
-    def __init__(self, collection_dir: Path, queries_dir: Path, meta: Path | None):
-        from retrieval.collection import scan
-
-        self.collection = scan(collection_dir, labels=True)
-        self.queries = scan(queries_dir, labels=True)
-        codes = emoji_codes(meta)
-        key = (lambda p: codes.get(p, p))  # the unified code, or the file's relative path without emoji.json
-        self.db_keys = [key(it.path) for it in self.collection.items]
-        self.db_labels = [it.label or "" for it in self.collection.items]
-        where = {k: i for i, k in enumerate(self.db_keys)}
-        self.query_paths = [it.path for it in self.queries.items if key(it.path) in where]
-        self.query_labels = {it.path: it.label or "" for it in self.queries.items}
-        self.truth = {p: where[key(p)] for p in self.query_paths}
-        self.ground_truth = "unified code (emoji.json)" if codes else "relative file name"
-        self.dropped = len(self.queries.items) - len(self.query_paths)
+class Evaluation(EmojiPairs):
+    """The data set (:class:`bench.datasets.EmojiPairs`); ``__call__(encoder)`` embeds both folders and scores the
+    queries."""
 
     def __call__(self, encoder) -> dict:
         import numpy as np

@@ -102,3 +102,23 @@ def test_every_runnable_bench_file_is_registered():
     shared = {"common", "datasets", "registry", "photos", "peers", "__main__", "__init__"}
     files = {p.stem for p in (common.ROOT / "bench").glob("*.py")}
     assert files - shared == set(BENCHMARKS), "register a new benchmark in bench/registry.py"
+
+
+def test_the_emoji_data_set_pairs_queries_by_file_name_and_quality_scores_them(tmp_path):
+    from PIL import Image
+
+    from bench.datasets import EmojiPairs
+    from bench.quality import Evaluation
+    from retrieval.encoders import load_encoder
+
+    colours = {"faces/a.png": (250, 0, 0), "faces/b.png": (0, 250, 0), "food/c.png": (0, 0, 250)}
+    for vendor in ("twitter", "google"):
+        for rel, colour in colours.items():
+            (tmp_path / vendor / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (16, 16), colour).save(tmp_path / vendor / rel)
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(tmp_path / "google" / "food" / "only-here.png")
+    pairs = EmojiPairs(tmp_path / "twitter", tmp_path / "google", meta=None)
+    assert sorted(pairs.query_paths) == sorted(colours) and pairs.dropped == 1  # no match for only-here.png
+    assert pairs.ground_truth == "relative file name"
+    scores = Evaluation(tmp_path / "twitter", tmp_path / "google", meta=None)(load_encoder("pixels"))
+    assert scores["recall@1"] == 1.0 and scores["queries"] == 3 and scores["collection"] == 3
