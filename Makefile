@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test lint app bench clean
+.PHONY: install demo test lint app bench bench-quick clean
 
 install: $(STAMP)
 
@@ -32,6 +32,18 @@ lint: install
 
 app: install
 	$(BIN)/lookalike app
+
+# Benchmarks (bench/registry.py lists them): each one's --quick (results in bench/results/*_quick.json, which git
+# ignores; about an hour in all), or the full runs behind the README's figures (hours). Their extra: lightly, matplotlib.
+bench-quick: $(VENV)/.bench-installed
+	$(BIN)/python -m bench --quick
+
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m bench
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,pretrained,bench]'
+	@touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

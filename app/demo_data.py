@@ -52,7 +52,7 @@ def _npm_pack(package: str, dest: Path) -> Path:
     return dest / name
 
 
-def _file_name(row: dict) -> str:
+def file_name(row: dict) -> str:
     return row["short_name"].replace("/", "_") + ".png"
 
 
@@ -83,7 +83,7 @@ def prepare_emoji(dest: str | Path, cache: str | Path | None = None, log=print) 
                     member = members.get(f"package/img/{vendor}/64/{r['image']}")
                     if member is None:
                         continue
-                    out = staging / vendor / r["subcategory"] / _file_name(r)
+                    out = staging / vendor / r["subcategory"] / file_name(r)
                     out.parent.mkdir(parents=True, exist_ok=True)
                     out.write_bytes(tar.extractfile(member).read())
         (staging / "emoji.json").write_text(json.dumps(

@@ -1,5 +1,9 @@
 """Photometric augmentation speed: :class:`training.augment.BatchAugment` on whole uint8 batches against the same
-torchvision v2 ops image by image (the figures quoted in :mod:`training.augment`'s docstring)."""
+torchvision v2 ops image by image (the figures quoted in :mod:`training.augment`'s docstring).
+
+Rerun:  python -m bench.augment_throughput --threads 2 [--device cuda] [--image-size 64]
+Writes ``bench/results/augment_throughput[_quick].json``.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,14 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import parser, quick_name, report, save_result
+from training.augment import AugmentConfig, BatchAugment
 
-from training.augment import AugmentConfig, BatchAugment  # noqa: E402
+NAME = "augment_throughput"
 
 
 def benchmark_photometric(image_size: int = 64, batch_size: int = 256, repeats: int = 5,
@@ -23,8 +27,7 @@ def benchmark_photometric(image_size: int = 64, batch_size: int = 256, repeats: 
     """Images per second of :class:`BatchAugment` against the same photometric ops through torchvision v2 one
     image at a time, on uint8 tensors and on PIL images (the usual in-worker recipe).
 
-    ``python bench/augment_throughput.py [threads] [device] [size]`` prints the result. ``threads`` sets ``torch.set_num_threads``
-    for the measurement; per-image baselines always run on the CPU.
+    ``threads`` sets ``torch.set_num_threads`` for the measurement; per-image baselines always run on the CPU.
     """
     from torchvision.transforms import v2
 
@@ -74,8 +77,17 @@ def benchmark_photometric(image_size: int = 64, batch_size: int = 256, repeats: 
         torch.set_num_threads(old_threads)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    n_threads = int(sys.argv[1]) if len(sys.argv) > 1 else None
-    on = sys.argv[2] if len(sys.argv) > 2 else "cpu"
-    size = int(sys.argv[3]) if len(sys.argv) > 3 else 64
-    print(json.dumps(benchmark_photometric(image_size=size, threads=n_threads, device=on), indent=2))
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__, quick="a batch of 64, 2 repeats", seed=None)
+    ap.add_argument("--device", default="cpu", help="where the batched augmentation runs (default cpu)")
+    ap.add_argument("--image-size", type=int, default=64)
+    args = ap.parse_args(argv)
+    batch, repeats = (64, 2) if args.quick else (256, 5)
+    figures = benchmark_photometric(args.image_size, batch, repeats, threads=args.threads, device=args.device)
+    path = save_result(quick_name(NAME, args.quick), figures, quick=args.quick, repeats=repeats)
+    report(path, args, json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

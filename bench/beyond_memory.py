@@ -1,7 +1,7 @@
 """When a collection outgrows one machine's memory: bytes per vector of each index kind, and FAISS on-disk lists.
 
-Two measurements, on the synthetic vectors of ``bench/index_bench.py`` (:class:`ClusteredGaussian`, 512-d,
-L2-normalised; 200,000 by default, ``--n``), with the indexes built by the store's own code
+Two measurements, on the synthetic vectors of ``bench.index_bench`` (``bench.datasets.ClusteredGaussian``, 512-d,
+L2-normalised; 200,000 by default, ``--n``; 20,000 with ``--quick``), with the indexes built by the store's own code
 (``retrieval.index_kinds.plan`` / ``build``, the factory strings and parameters ``IndexStore.create`` picks):
 
 1. **Memory per vector** of flat, hnsw and ivfpq (``--type`` of ``index build``): the serialized size
@@ -13,14 +13,13 @@ L2-normalised; 200,000 by default, ``--n``), with the indexes built by the store
    loading, and whether the operations the store needs still work on it — ``reconstruct`` (the store's
    ``vectors()``, used by the Explore map), ``add_with_ids`` and ``remove_ids`` (every refresh).
 
-Rerun:  .venv/bin/python bench/beyond_memory.py            # 200k x 512 (about 2 minutes on 2 cores)
-        .venv/bin/python bench/beyond_memory.py --n 50000  # a smaller check
-Writes ``bench/results/beyond_memory.json``.
+Rerun:  python -m bench.beyond_memory            # 200k x 512 (about 2 minutes on 2 cores)
+        python -m bench.beyond_memory --quick    # 20k: a check that it runs
+Writes ``bench/results/beyond_memory[_quick].json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import sys
@@ -28,21 +27,18 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import faiss
+import numpy as np
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
+from bench.common import (logger, parser, quick_name, recall_at_k, report, rss_bytes, save_result, serialized_bytes,
+                          trim_heap)
+from bench.datasets import ClusteredGaussian
+from retrieval.index_kinds import build, plan, search_parameters
 
-from bench.common import save_result  # noqa: E402
-from bench.index_bench import ClusteredGaussian, recall_at_k, rss_bytes, serialized_bytes, trim_heap  # noqa: E402
-from retrieval.index_kinds import build, plan, search_parameters  # noqa: E402
-
+NAME = "beyond_memory"
 K = 10
 QUERIES = 200
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+log = logger(NAME)
 
 
 def per_kind(base: np.ndarray, queries: np.ndarray, kinds: list[str]) -> tuple[dict, dict]:
@@ -125,12 +121,13 @@ def rss_kinds() -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=200_000)
+    ap = parser(__doc__, quick="20,000 vectors", threads=False, seed=None)
+    ap.add_argument("--n", type=int, default=None, help="vectors (default 200,000; --quick: 20,000)")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--kinds", default="flat,hnsw,ivfpq")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    args.n = args.n or (20_000 if args.quick else 200_000)
     faiss.omp_set_num_threads(args.threads)
     gen = ClusteredGaussian(dim=args.dim)
     base, queries = gen.sample(args.n, gen.seed + 1), gen.sample(QUERIES, gen.seed + 2)
@@ -143,14 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             built.clear()
             figures["ivfpq_on_disk_lists"] = on_disk(index, queries, gen.sample(100, gen.seed + 3), Path(tmp))
         log(f"on disk: {figures['ivfpq_on_disk_lists']}")
-    path = save_result("beyond_memory", figures, n=args.n, dim=args.dim, threads=args.threads,
-                       distribution=gen.describe(), command="python bench/beyond_memory.py "
+    path = save_result(quick_name(NAME, args.quick), figures, n=args.n, dim=args.dim, threads=args.threads,
+                       distribution=gen.describe(), command="python -m bench.beyond_memory "
                        + " ".join(sys.argv[1:] if argv is None else argv))
-    log(f"wrote {path}")
-    print(json.dumps(figures, indent=2))
+    report(path, args, json.dumps(figures, indent=2))
     return 0
 
 
-T0 = time.perf_counter()
 if __name__ == "__main__":
     sys.exit(main())

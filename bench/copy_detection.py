@@ -1,6 +1,6 @@
 """Copy detection on real photographs: edited copies of Tux Paint photos searched among the originals and distractors.
 
-Every Tux Paint photo (``bench/tuxpaint.py``, all categories: 430 photos with the Debian package of 2026) is
+Every Tux Paint photo (``bench.datasets``, all categories: 430 photos with the Debian package of 2026) is
 composited on a generated texture (seeded). A seeded permutation splits them: half are the **references**, a
 quarter are **distractors** in the database, a quarter are never indexed. The database is the references, those
 distractors, and Fashion-MNIST images (upscaled to 112 px RGB; 300 with ``--quick``, 2,000 otherwise) when
@@ -15,15 +15,14 @@ on every run. With the 2026 package: 215 positive and 108 negative queries, 215 
 Columns: recall@1 -- the positive queries whose first result is their reference; micro-AP -- DISC21's
 micro-average precision over the top 10 of every query, positive and negative
 (``retrieval.metrics.micro_average_precision``); ``r1/<edit>`` -- recall@1 per edit. Trained rows train on the
-database folder (no labels, transductive). Rows, budget and result files: ``bench/photos.py``.
+database folder (no labels, transductive). Rows, budget and result files: :mod:`bench.photos`.
 
-Rerun:  .venv/bin/python bench/copy_detection.py --quick --groups baselines   # untrained rows
-        .venv/bin/python bench/copy_detection.py --minutes 3 --runs-dir runs/bench-copy-detection
+Rerun:  python -m bench.copy_detection --quick --groups baselines   # untrained rows
+        python -m bench.copy_detection --minutes 3 --runs-dir runs/bench-copy-detection
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import tempfile
@@ -33,12 +32,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import photos  # noqa: E402
-from bench.tuxpaint import check_installed, composite_on_texture, stamp_categories  # noqa: E402
+from bench import photos
+from bench.common import logger
+from bench.datasets import check_installed, composite_on_texture, load_split, stamp_categories
 
 NAME = "copy_detection"
+log = logger(NAME)
 SIZE = 256
 TOP_K = 10
 SPLIT = (0.5, 0.25)  # references, indexed distractors; the rest are the negative queries' photos
@@ -151,15 +150,13 @@ def build(root: Path, seed: int, fmnist: int) -> dict:
         composite_on_texture(p, SIZE, seed).save(db / "distractor" / f"tux{j:04d}.png")
     n_fm = 0
     try:
-        from bench.fashion_mnist import load_split
-
         images, _ = load_split("train")
         for k in np.random.default_rng([seed, 5]).permutation(len(images))[:fmnist]:
             Image.fromarray(images[k]).convert("RGB").resize((FMNIST_SIZE,) * 2, Image.Resampling.BICUBIC).save(
                 db / "distractor" / f"fmnist{k:05d}.png")
             n_fm += 1
     except FileNotFoundError as exc:
-        print(f"[copy_detection] no Fashion-MNIST distractors: {exc}", file=sys.stderr)
+        log(f"no Fashion-MNIST distractors: {exc}")
     truth: dict[str, str | None] = {}
     sources: list = list(originals.items())
     sources += [(None, composite_on_texture(p, SIZE, seed)) for p in unseen]
@@ -196,9 +193,7 @@ def score(encoder, root: Path, truth: dict[str, str | None]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    photos.add_arguments(ap)
-    args = ap.parse_args(argv)
+    args = photos.photo_parser(__doc__).parse_args(argv)
     check_installed()
     with tempfile.TemporaryDirectory(prefix="bench-copy-") as tmp:
         root = Path(tmp)
@@ -210,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             f"photos against {facts['references']} originals + {facts['tux_distractors']} + "
             f"{facts['fmnist_distractors']} distractors",
             data={**facts, "size": SIZE, "edits": list(EDITS), "top_k": TOP_K,
-                  "backgrounds": "generated textures (bench/tuxpaint.py), seeded",
+                  "backgrounds": "generated textures (bench.datasets.texture), seeded",
                   "fmnist_size": FMNIST_SIZE, "micro_ap": "DISC21: all top-k pairs ranked by score, one list"})
 
 

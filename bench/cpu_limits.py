@@ -20,18 +20,16 @@ fresh child process of this script, so each starts as a real command does (alloc
 * ``startup``: wall seconds of the commands that need no model (``--help``, ``index list``, ``index info``, a bad
   argument), median of runs.
 
-Rerun:  .venv/bin/python bench/cpu_limits.py                 # full: both cases, every method (~25 min, 2 cores)
-        .venv/bin/python bench/cpu_limits.py --quick         # SimCLR only, fewer steps (~6 min)
-        .venv/bin/python bench/cpu_limits.py --allocators    # also the allocator comparison
+Rerun:  python -m bench.cpu_limits                 # full: both cases, every method (~25 min, 2 cores)
+        python -m bench.cpu_limits --quick         # SimCLR only, fewer steps (~6 min)
+        python -m bench.cpu_limits --allocators    # also the allocator comparison
 Writes ``bench/results/cpu_limits.json`` (``*_quick.json`` with --quick). Wall-clock figures: a busy machine lowers
 them; each ratio's two sides are measured back to back.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -39,11 +37,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import ROOT, quick_name, save_result  # noqa: E402
+from bench import common
+from bench.common import ROOT, child_main, logger, parser, quick_name, report, save_result
+from bench.datasets import make_jpegs
 
 NAME = "cpu_limits"
+log = logger(NAME)
 PY = sys.executable
 LOOKALIKE = [PY, "-m", "app.cli"]
 CASES = {
@@ -168,11 +167,16 @@ def _steady(rates: list[float]) -> float:
 
 
 def run_child(task: dict, env: dict | None = None) -> dict:
-    proc = subprocess.run([PY, __file__, "--child", json.dumps(task)], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **(env or {})})
-    if proc.returncode:
-        raise RuntimeError(f"child {task} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return common.run_child(__spec__.name, task, env)
+
+
+def child_task(task: dict) -> dict:
+    """A Lookalike process as the commands start one (app.cli.main tunes the allocator: retrieval.allocator),
+    then ``task``."""
+    from retrieval.allocator import tune_allocator
+
+    tune_allocator()
+    return child(task)
 
 
 # ------------------------------------------------------------------------------------------------ whole commands
@@ -234,7 +238,6 @@ def allocators(rounds: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------ main
 def measure_case(name: str, mode: dict, work: Path) -> dict:
-    from bench.embed_throughput import make_jpegs
     from training.methods import METHODS
 
     case = CASES[name]
@@ -259,39 +262,32 @@ def measure_case(name: str, mode: dict, work: Path) -> dict:
                              "epochs": mode["train_epochs"], "out": str(work / f"job-{name}-{method}")})
             row["job_train"] = {**job, "fraction": job["ips"] / limit["ips"]}
         fig[f"method/{method}"] = row
-        print(f"  {name} {method}: step {limit['ips']:.1f} img/s, train {cmd['ips']:.1f} "
-              f"({row['fraction']:.2f})", file=sys.stderr)
+        log(f"{name} {method}: step {limit['ips']:.1f} img/s, train {cmd['ips']:.1f} "
+                     f"({row['fraction']:.2f})")
     return fig
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true")
+    if child_main(argv, child_task):
+        return 0
+    p = parser(__doc__, quick="SimCLR only, fewer steps", threads=False, seed=None)
     p.add_argument("--allocators", action="store_true", help="also compare allocators on the pretrained forward")
     p.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
-    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:  # a Lookalike process as the commands start it (app.cli.main: retrieval.allocator)
-        from retrieval.allocator import tune_allocator
-
-        tune_allocator()
-        print(json.dumps(child(json.loads(args.child))))
-        return 0
     mode_name = "quick" if args.quick else "full"
     mode = MODES[mode_name]
     figures: dict = {}
     with tempfile.TemporaryDirectory(prefix="lookalike-limits-") as tmp:
         work = Path(tmp)
         for name in args.cases:
-            print(f"case {name} …", file=sys.stderr)
+            log(f"case {name} …")
             figures[name] = measure_case(name, mode, work)
         figures["startup"] = startup(3 if args.quick else 7, work / f"idx-{args.cases[0]}", "cmd")
         if args.allocators:
             figures["allocators"] = allocators(2 if args.quick else 4)
     path = save_result(quick_name(NAME, args.quick), figures, mode=mode_name,
                        methods=list(mode["methods"] or []))
-    print(json.dumps(figures, indent=1))
-    print(f"wrote {path}", file=sys.stderr)
+    report(path, args, json.dumps(figures, indent=1))
     return 0
 
 

@@ -12,30 +12,27 @@ student's ``tf_efficientnet_lite0`` at 112 px, the pretrained ``timm:tf_efficien
 Whether bf16 is used by default is :mod:`retrieval.precision`'s rule (native bf16 only); here both are forced, so
 the run also measures a CPU without bf16 instructions (where bf16 is emulated, and slow).
 
-Rerun:  .venv/bin/python bench/embed_precision.py            # ~3 min
-Writes ``bench/results/embed_precision.json``.
+Rerun:  python -m bench.embed_precision            # ~3 min
+Writes ``bench/results/embed_precision[_quick].json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import save_result  # noqa: E402
+from bench.common import logger, markdown_table, parser, quick_name, report, save_result
+from bench.datasets import STAMPS
 
 NAME = "embed_precision"
+log = logger(NAME)
 ENCODERS = ("random:resnet10t?size=64", "random:resnet10t?size=64&pool=grid", "random:tf_efficientnet_lite0?size=112",
             "timm:tf_efficientnet_lite0")
 BATCH = 64
 SECONDS = 3.0  # of each timing
-STAMPS = Path("/usr/share/tuxpaint/stamps")
 
 
 def photos(n: int):
@@ -87,24 +84,25 @@ def measure(spec: str, images, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--encoders", nargs="+", default=list(ENCODERS))
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--images", type=int, default=256, help="photos of the agreement check")
+    ap = parser(__doc__, quick="the first encoder, 64 photos, one repeat", threads=False, seed=None)
+    ap.add_argument("--encoders", nargs="+", default=None, help=f"default: {' '.join(ENCODERS)}")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved timings (default 3; --quick 1)")
+    ap.add_argument("--images", type=int, default=None, help="photos of the agreement check (default 256)")
     args = ap.parse_args(argv)
-    images, source = photos(args.images)
+    encoders = args.encoders or list(ENCODERS[:1] if args.quick else ENCODERS)
+    repeats = args.repeats or (1 if args.quick else 3)
+    images, source = photos(args.images or (64 if args.quick else 256))
     figures = {}
-    for spec in args.encoders:
-        figures[spec] = measure(spec, images, args.repeats)
-        print(spec, figures[spec], file=sys.stderr, flush=True)
-    path = save_result(NAME, figures, images=source, seconds_per_timing=SECONDS, repeats=args.repeats)
-    print("| encoder | threads | fp32 img/s | bf16 img/s | bf16 / fp32 | cosine min / mean | same nearest |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for spec, f in figures.items():
-        for t, v in f["threads"].items():
-            print(f"| `{spec}` | {t} | {v['fp32_ips']:.0f} | {v['bf16_ips']:.0f} | {v['bf16_speedup']:.2f}x | "
-                  f"{f['cosine_min']:.4f} / {f['cosine_mean']:.4f} | {f['nearest_same']:.3f} |")
-    print(f"\nwritten: {path}")
+    for spec in encoders:
+        figures[spec] = measure(spec, images, repeats)
+        log(f"{spec}: {figures[spec]}")
+    path = save_result(quick_name(NAME, args.quick), figures, images=source, seconds_per_timing=SECONDS,
+                       repeats=repeats)
+    rows = [[f"`{spec}`", t, f"{v['fp32_ips']:.0f}", f"{v['bf16_ips']:.0f}", f"{v['bf16_speedup']:.2f}x",
+             f"{f['cosine_min']:.4f} / {f['cosine_mean']:.4f}", f"{f['nearest_same']:.3f}"]
+            for spec, f in figures.items() for t, v in f["threads"].items()]
+    report(path, args, markdown_table(["encoder", "threads", "fp32 img/s", "bf16 img/s", "bf16 / fp32",
+                                       "cosine min / mean", "same nearest"], rows))
     return 0
 
 

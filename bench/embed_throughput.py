@@ -10,7 +10,7 @@ and ``random:resnet18`` at its default 224 px):
   channels-last, forward, L2-normalise) over the same images already decoded and resized into one uint8 tensor, at
   the same batch size: what the build would reach if decoding were free. The build may run its forward on fewer
   threads than torch's default beside its decode workers (``build_forward_threads``; see
-  ``retrieval.embed._ForwardThreads``), so the limit is timed at both counts (``limit_ips_by_threads``) and is the
+  ``retrieval.embed.ForwardThreads``), so the limit is timed at both counts (``limit_ips_by_threads``) and is the
   faster of the two. ``ratio = build / limit``; the goal is >= 0.8. ``model_only`` is the bare ``model(x)`` on
   ready float tensors (full mode only), for reference.
 * **before** — the same build with the pipeline as it was before the decode/threads changes in
@@ -29,37 +29,32 @@ decoded image (``W × H × 3`` bytes): it has to follow the first.
 The images are synthetic photos (smooth gradients + soft-edged filled shapes + sensor-like noise, seeded), W×H and
 JPEG quality as in ``settings``; about 78 kB each at 640x480, quality 90, i.e. not trivially compressible.
 
-Rerun:  .venv/bin/python bench/embed_throughput.py            # full run (~10 min on 2 idle cores)
-        .venv/bin/python bench/embed_throughput.py --quick    # smaller folders, one repeat (2-3 min)
-        .venv/bin/python bench/embed_throughput.py --quick --json
+Rerun:  python -m bench.embed_throughput            # full run (~10 min on 2 idle cores)
+        python -m bench.embed_throughput --quick    # smaller folders, one repeat (2-3 min)
 Wall-clock figures: other jobs sharing the CPU lower them. Build and limit are interleaved (limit, build, limit,
 build, ...) and the best of each is kept, so the ratio compares numbers taken under the same conditions.
-Every run writes ``bench/results/embed_throughput.json`` (``settings.mode`` says quick or full) and the bar chart
-``bench/results/embed_throughput.png``.
+Every run writes ``bench/results/embed_throughput[_quick].json`` (``settings.mode`` says quick or full) and the bar
+chart ``embed_throughput[_quick].png`` beside it.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import RESULTS, ROOT, pyplot, save_figure, save_result  # noqa: E402
+from bench.common import (child_main, logger, parser, peak_rss_kb, pyplot, quick_name, report, run_child,
+                          save_figure, save_result, timed)
+from bench.datasets import JPEG_SIZE, jpeg_files, link_folder, make_jpegs
 
 NAME = "embed_throughput"
 ENCODERS = ("random:resnet10t?size=64", "random:resnet18")
 GOAL = 0.8
-IMAGE_SIZE = (640, 480)
-QUALITY = 90
 BATCH = 64
+_log = logger(NAME)
 
 # Per mode: images per encoder for the throughput runs (the heavy encoder gets fewer; both stay above the
 # 2 x batch size below which the build decodes in the main process), repeats, and the two memory sizes.
@@ -69,70 +64,6 @@ MODES = {
     "full": {"images": {"random:resnet10t?size=64": 2048, "random:resnet18": 320}, "default_images": 512,
              "repeats": 3, "memory_sizes": (1000, 8000), "breakdown_images": 64},
 }
-
-
-# --------------------------------------------------------------------------------------------- images
-
-
-def make_jpegs(folder: Path, n: int, size: tuple[int, int] = IMAGE_SIZE, quality: int = QUALITY,
-               seed: int = 0) -> dict:
-    """``n`` distinct photo-like JPEGs under ``folder`` (16 sub-folders); returns what was written."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    w, h = size
-    cw, ch = w // 2, h // 2  # gradient and shapes are drawn at half size, then upscaled: soft edges, no blur pass
-    rng = np.random.default_rng(seed)
-    noise_bank = np.clip(rng.normal(0.0, 7.0, (h + 64, w + 64, 3)), -127, 127).astype(np.int16)
-    yy, xx = np.mgrid[0:ch, 0:cw].astype(np.float32)
-    yy /= ch
-    xx /= cw
-    total = 0
-    for i in range(n):
-        corners = rng.uniform(30, 225, (3, 3)).astype(np.float32)
-        base = corners[:, 0] + (corners[:, 1] - corners[:, 0]) * xx[..., None] + (corners[:, 2] - corners[:, 0]) * \
-            yy[..., None]
-        img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(img)
-        for _ in range(int(rng.integers(6, 16))):
-            x0, y0 = rng.uniform(-0.1 * cw, cw), rng.uniform(-0.1 * ch, ch)
-            sw, sh = rng.uniform(0.05, 0.45) * cw, rng.uniform(0.05, 0.45) * ch
-            fill = tuple(int(v) for v in rng.integers(0, 256, 3))
-            shape = int(rng.integers(3))
-            box = [x0, y0, x0 + sw, y0 + sh]
-            if shape == 0:
-                draw.ellipse(box, fill=fill)
-            elif shape == 1:
-                draw.rectangle(box, fill=fill)
-            else:
-                draw.polygon([(x0, y0 + sh), (x0 + sw / 2, y0), (x0 + sw, y0 + sh)], fill=fill)
-        img = img.resize((w, h), Image.Resampling.BICUBIC)
-        oy, ox = int(rng.integers(64)), int(rng.integers(64))
-        arr = np.asarray(img).astype(np.int16) + noise_bank[oy:oy + h, ox:ox + w]
-        path = folder / f"g{i % 16:02d}" / f"img{i:05d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=quality)
-        total += path.stat().st_size
-    return {"count": n, "width": w, "height": h, "jpeg_quality": quality, "seed": seed,
-            "mean_file_bytes": round(total / max(n, 1)), "decoded_bytes_per_image": w * h * 3}
-
-
-def link_folder(src_files: list[Path], dest: Path, n: int) -> None:
-    """``n`` hard links (cycling over ``src_files``) under ``dest``: a big collection that costs no disk."""
-    for i in range(n):
-        target = dest / f"g{i % 16:02d}" / f"img{i:06d}.jpg"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src_files[i % len(src_files)], target)
-        except OSError:  # a filesystem without hard links: real copies then
-            target.write_bytes(src_files[i % len(src_files)].read_bytes())
-
-
-def jpeg_files(folder: Path) -> list[Path]:
-    return sorted(folder.rglob("*.jpg"))
-
-
-# ----------------------------------------------------------------------------------------- throughput
 
 
 def _limit_run(encoder, x, batch: int) -> float:
@@ -157,9 +88,9 @@ def predecode(encoder, folder: Path, files: list[Path]):
     """(N, 3, S, S) uint8 exactly as the build's loader workers produce it."""
     import torch
 
-    from retrieval.embed import _ImageFiles
+    from retrieval.embed import ImageFiles
 
-    dataset = _ImageFiles(folder, [f.relative_to(folder).as_posix() for f in files], encoder)
+    dataset = ImageFiles(folder, [f.relative_to(folder).as_posix() for f in files], encoder)
     return torch.stack([dataset[i][1] for i in range(len(files))])
 
 
@@ -171,17 +102,17 @@ class _PipelineBefore:
     def __enter__(self) -> "_PipelineBefore":
         import retrieval.embed as embed
 
-        class _Wide(embed._ForwardThreads):
+        class _Wide(embed.ForwardThreads):
             def __init__(self, *args):
                 super().__init__(*args)
                 self.active = False
 
-        self.embed, self.saved = embed, (embed.decode_size, embed._ForwardThreads)
-        embed.decode_size, embed._ForwardThreads = (lambda encoder: None), _Wide
+        self.embed, self.saved = embed, (embed.decode_size, embed.ForwardThreads)
+        embed.decode_size, embed.ForwardThreads = (lambda encoder: None), _Wide
         return self
 
     def __exit__(self, *exc) -> None:
-        self.embed.decode_size, self.embed._ForwardThreads = self.saved
+        self.embed.decode_size, self.embed.ForwardThreads = self.saved
 
 
 class _EmbedSpy:
@@ -216,9 +147,7 @@ def measure_encoder(spec: str, folder: Path, work: Path, batch: int, workers: in
     files = jpeg_files(folder)
     n = len(files)
     ws = Workspace(work / "indexes")
-    t0 = time.perf_counter()
-    encoder = ws.encoder(spec)
-    load_s = time.perf_counter() - t0
+    load_s, encoder = timed(ws.encoder, spec)
     x = predecode(encoder, folder, files)
     if model_only:
         mean = torch.tensor(encoder.mean).view(1, 3, 1, 1)
@@ -261,9 +190,8 @@ def measure_encoder(spec: str, folder: Path, work: Path, batch: int, workers: in
         forward_threads.append(getattr(spy.results[-1], "forward_threads", None) if spy.results else None)
         if model_only:
             models.append(n / _model_run(encoder, xf, batch))
-        print(f"[{NAME}] {spec} repeat {r + 1}/{repeats}: limit {lim:.1f} img/s, build {build:.1f} (embed phase "
-              f"{report.images_per_s:.1f})" + (f", build before {befores[-1]:.1f}" if before else ""),
-              file=sys.stderr, flush=True)
+        _log(f"{spec} repeat {r + 1}/{repeats}: limit {lim:.1f} img/s, build {build:.1f} (embed phase "
+             f"{report.images_per_s:.1f})" + (f", build before {befores[-1]:.1f}" if before else ""))
     index_dir = work / "indexes" / "bench"
     best_build, best_limit = max(builds), max(limits)
     return {
@@ -328,36 +256,27 @@ def breakdown(spec: str, files: list[Path], batch: int) -> dict:
 # --------------------------------------------------------------------------------------------- memory
 
 
-def _status_kb(field: str) -> int:
-    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in kB.
+def memory_child(args: dict) -> dict:
+    """In a fresh interpreter (:func:`bench.common.run_child`): build one index; its peak RSS figures.
 
     ``VmHWM`` rather than ``ru_maxrss``: the latter carries over the parent's peak through fork + exec, so a child
-    started by a big parent would report the parent's size.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _memory_child(args: dict) -> None:
-    """Runs in a fresh interpreter: build one index, print peak RSS figures as one JSON line."""
+    started by a big parent would report the parent's size."""
     from retrieval.workspace import Workspace
 
     ws = Workspace(args["root"])
     ws.encoder(args["spec"])
-    before_kb = _status_kb("VmRSS")
+    before_kb = peak_rss_kb("VmRSS")
     t0 = time.perf_counter()
     report = ws.build(args["folder"], args["spec"], "mem", batch_size=args["batch"], progress=False)
     seconds = time.perf_counter() - t0
     index_dir = Path(args["root"]) / "mem"
-    print(json.dumps({
+    return {
         "count": report.count, "dim": report.dim, "seconds": round(seconds, 2),
         "rss_before_build_mb": round(before_kb / 1024, 1),  # imports + loaded encoder
-        "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
+        "peak_rss_mb": round(peak_rss_kb("VmHWM") / 1024, 1),
         "peak_worker_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "index_bytes": sum(p.stat().st_size for p in index_dir.iterdir() if p.is_file()),
-    }))
+    }
 
 
 def measure_memory(spec: str, src_files: list[Path], work: Path, sizes: tuple[int, int], batch: int,
@@ -367,14 +286,10 @@ def measure_memory(spec: str, src_files: list[Path], work: Path, sizes: tuple[in
         folder = work / f"mem-{n}"
         link_folder(src_files, folder, n)
         child = {"spec": spec, "folder": str(folder), "root": str(work / f"mem-indexes-{n}"), "batch": batch}
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(child)],
-                              cwd=ROOT, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"memory run at {n} images failed:\n{proc.stderr[-2000:]}")
-        run = json.loads(proc.stdout.strip().splitlines()[-1])
+        run = run_child(__spec__.name, child)
         assert run["count"] == n, run
         runs.append(run)
-        print(f"[{NAME}] memory {spec} at {n} images: peak RSS {run['peak_rss_mb']} MB", file=sys.stderr, flush=True)
+        _log(f"memory {spec} at {n} images: peak RSS {run['peak_rss_mb']} MB")
     (a, b), (ra, rb) = sizes, runs
     added = b - a
     dim = rb["dim"]
@@ -453,15 +368,15 @@ def plot(figures: dict, path: Path) -> None:
         ax.set_title(f"{spec}\nratio {r['ratio']:.2f}", fontsize=9)
         ax.set_ylabel("images / s")
         ax.legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEGs, batch {BATCH}, {os.cpu_count()} CPU cores", fontsize=9)
+    fig.suptitle(f"{JPEG_SIZE[0]}x{JPEG_SIZE[1]} JPEGs, batch {BATCH}, {os.cpu_count()} CPU cores", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller folders and one repeat (a few minutes)")
-    ap.add_argument("--json", action="store_true", help="print JSON instead of the markdown tables")
+    if child_main(argv, memory_child):
+        return 0
+    ap = parser(__doc__, quick="smaller folders and one repeat (a few minutes)", threads=False, seed=None)
     ap.add_argument("--encoders", nargs="+", default=list(ENCODERS), help="encoder specs to measure")
     ap.add_argument("--batch-size", type=int, default=BATCH)
     ap.add_argument("--workers", type=int, default=None, help="decode workers (default: the build's own choice)")
@@ -471,11 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-before", action="store_true",
                     help="skip the comparison builds with the previous pipeline (full-size decode, wide forward)")
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.memory_child:
-        _memory_child(json.loads(args.memory_child))
-        return 0
 
     mode = MODES["quick" if args.quick else "full"]
     repeats = args.repeats or mode["repeats"]
@@ -487,8 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         source = work / "jpegs"
         t0 = time.perf_counter()
         images = make_jpegs(source, max(counts.values()))
-        print(f"[{NAME}] wrote {images['count']} JPEGs in {time.perf_counter() - t0:.0f}s", file=sys.stderr,
-              flush=True)
+        _log(f"wrote {images['count']} JPEGs in {time.perf_counter() - t0:.0f}s")
         src_files = jpeg_files(source)
         for spec in args.encoders:
             folder = work / f"set-{counts[spec]}"
@@ -509,11 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                 "memory_encoder": None if args.no_memory else args.memory_encoder,
                 "memory_sizes": None if args.no_memory else list(mode["memory_sizes"]),
                 "load_average": os.getloadavg()}
-    path = save_result(NAME, figures, **settings)
-    out = json.loads(path.read_text())
-    if not args.no_plot:
-        plot(figures, RESULTS / f"{NAME}.png")
-    print(json.dumps(out, indent=2) if args.json else table(figures))
+    path = save_result(quick_name(NAME, args.quick), figures, plot=None if args.no_plot else plot, **settings)
+    report(path, args, table(figures))
     return 0
 
 

@@ -15,14 +15,12 @@ the 70,000 images take about 8 minutes a row, and ``--eval-device cuda``
 (embedding only) scores the full protocol in minutes.
 ``--quick`` uses 2,000 training and 1,000 test images (the first of a seeded permutation, for training too).
 
-Rerun:  .venv/bin/python bench/fashion_mnist.py --quick --groups baselines   # untrained rows
-        .venv/bin/python bench/fashion_mnist.py --minutes 3 --runs-dir runs/bench-fashion-mnist
+Rerun:  python -m bench.fashion_mnist --quick --groups baselines   # untrained rows
+        python -m bench.fashion_mnist --minutes 3 --runs-dir runs/bench-fashion-mnist
 """
 
 from __future__ import annotations
 
-import argparse
-import gzip
 import sys
 import tempfile
 import time
@@ -30,53 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import photos  # noqa: E402
-from retrieval.errors import LookalikeError  # noqa: E402
+from bench import photos
+from bench.datasets import CLASSES, FASHION_MNIST, FILES, load_split, subsample, write_pngs
 
 NAME = "fashion_mnist"
-ROOT_DIR = Path("/usr/share/datasets/fashion-mnist")
-FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 QUICK = {"train": 2000, "test": 1000}
 BATCH = 64  # at 224 px, batches of 256 embedded slower than 64 on this CPU (activations past the caches)
 HEADLINE = ("knn_acc",)  # what "beats" means in the goals
 COLUMNS = ("knn_acc", "knn@20")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """The array in an IDX file (``.gz`` or not): unsigned bytes only, as the MNIST family uses. Raises
-    LookalikeError for anything else or a file whose size does not match its header."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as exc:
-        raise LookalikeError(f"cannot read IDX file {path}: {exc}") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise LookalikeError(f"{path} is not an IDX file (bad magic number)")
-    if data[2] != 0x08:
-        raise LookalikeError(f"{path}: IDX element type 0x{data[2]:02x} is not supported (only unsigned bytes)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if ndim < 1 or len(data) < header:
-        raise LookalikeError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    if len(data) - header != int(np.prod(shape)):
-        raise LookalikeError(f"{path}: {len(data) - header} bytes of data for shape {shape}")
-    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
-
-
-def load_split(split: str, root: Path = ROOT_DIR) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 28, 28) uint8, labels (N,) uint8) of ``split`` ("train" or "test")."""
-    if not Path(root).is_dir():
-        raise FileNotFoundError(f"{root} is missing: install the Debian package dataset-fashion-mnist")
-    images, labels = (read_idx(Path(root) / name) for name in FILES[split])
-    if len(images) != len(labels):
-        raise LookalikeError(f"{split}: {len(images)} images but {len(labels)} labels")
-    return images, labels
 
 
 def embed_grey(encoder, images: np.ndarray, batch: int = BATCH) -> tuple[np.ndarray, float]:
@@ -95,23 +54,6 @@ def embed_grey(encoder, images: np.ndarray, batch: int = BATCH) -> tuple[np.ndar
     return out, time.perf_counter() - t0
 
 
-def subsample(n: int, keep: int | None, seed: int, salt: int) -> np.ndarray:
-    """Indices of ``keep`` of ``n`` items (a seeded permutation's first ``keep``, sorted), or all of them."""
-    if keep is None or keep >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng([seed, salt]).permutation(n)[:keep])
-
-
-def write_pngs(images: np.ndarray, folder: Path, prefix: str = "") -> Path:
-    """Each grey image as ``folder/<prefix><index>.png``; returns ``folder``."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(images):
-        Image.fromarray(im).save(folder / f"{prefix}{i:05d}.png")
-    return folder
-
-
 def result_name(args) -> str:
     """``fashion_mnist`` for the full protocol, ``fashion_mnist_reduced`` when any split is cut short (``--quick``
     gets ``_quick`` from :func:`bench.common.quick_name`)."""
@@ -122,8 +64,7 @@ def result_name(args) -> str:
 def main(argv: list[str] | None = None) -> int:
     from retrieval.metrics import knn_accuracy
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    photos.add_arguments(ap)
+    ap = photos.photo_parser(__doc__)
     ap.add_argument("--train-images", type=int, default=None, help="use this many training images (default: "
                     f"all 60,000; --quick: {QUICK['train']})")
     ap.add_argument("--test-images", type=int, default=None,
@@ -161,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Fashion-MNIST kNN accuracy: {len(test_x)} test images against {len(db_x)} training images",
             data={"train_images": len(train_x), "db_images": len(db_x), "test_images": len(test_x),
                   "classes": list(CLASSES),
-                  "source": str(ROOT_DIR), "knn": "k=200, T=0.1 (knn@20: k=20)",
+                  "source": str(FASHION_MNIST), "knn": "k=200, T=0.1 (knn@20: k=20)",
                   "embedding": "grey 28x28 resized to each encoder's input size with its filter, 3 channels"})
 
 

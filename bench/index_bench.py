@@ -17,9 +17,9 @@ Measures the four index types of ``retrieval.index_store`` (flat, hnsw, ivf, ivf
    (1000) are fresh draws from the same distribution, never members of the base set. Everything is seeded
    (``--seed``, default 0).
 
-   The faiss indexes are built and searched with IndexStore's own code: ``_plan`` (factory string, nlist,
-   nprobe, efSearch, M, PQ size exactly as ``IndexStore.create`` picks them for that many vectors), ``_build``
-   (training on the same 100k sample, the same direct map) and ``_search_params`` (what ``IndexStore.search``
+   The faiss indexes are built and searched with IndexStore's own code: ``index_kinds.plan`` (factory string,
+   nlist, nprobe, efSearch, M, PQ size exactly as ``IndexStore.create`` picks them for that many vectors), ``build``
+   (training on the same 100k sample, the same direct map) and ``search_parameters`` (what ``IndexStore.search``
    passes to faiss). Going through ``IndexStore.create`` at 1M would add a million-row SQLite table and a
    2 GB write + fsync + re-read per type to every build, which measures the disk, not the index. The search
    path users get is measured anyway: each built index is wrapped in an :class:`IndexStore` snapshot with
@@ -50,9 +50,9 @@ search spreads one query over the threads, graph and list searches cannot, so on
 speed-ups are smaller by about the thread count, and on a busy one it also counts waiting for a core. Batched
 q/s and build seconds are wall-clock, with the build's CPU seconds beside them.
 
-Rerun:  .venv/bin/python bench/index_bench.py                 # 1M synthetic + demo, two encoders
-        .venv/bin/python bench/index_bench.py --quick         # 100k synthetic + demo with pixels (< 5 min)
-        .venv/bin/python bench/index_bench.py --n 300000 --json
+Rerun:  python -m bench.index_bench                 # 1M synthetic + demo, two encoders
+        python -m bench.index_bench --quick         # 100k synthetic + demo with pixels (< 5 min)
+        python -m bench.index_bench --n 300000 --json
 The full run takes about 13 CPU-minutes (~10 min on two idle cores; 24 min measured with other jobs sharing
 them); the 1M HNSW build is most of it. Prints a markdown table (``--json``: the JSON) and always writes
 ``bench/results/index_bench.json`` (with machine and date) and ``bench/results/index_bench.png`` (recall@10
@@ -63,9 +63,7 @@ figures drop when other jobs share the CPUs; the speed-ups are ratios measured w
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import ctypes
 import gc
 import json
 import sys
@@ -74,14 +72,16 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import faiss
+import numpy as np
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bench.common import (RESULTS, ROOT, machine_info, pyplot, quick_name, save_figure,  # noqa: E402
-                          save_result, utc_now)
-from retrieval import index_store as ist  # noqa: E402
+from bench.common import (ROOT, logger, parser, pyplot, quick_name, recall_at_k, report, rss_bytes, save_figure,
+                          save_result, serialized_bytes, trim_heap)
+from bench.datasets import ClusteredGaussian
+from retrieval import index_kinds
+from retrieval.index_kinds import KINDS, search_parameters, target_kind
+from retrieval.index_store import IndexStore
+from retrieval.store_state import State
 
 NAME = "index_bench"
 TYPES = ("flat", "hnsw", "ivf", "ivfpq")
@@ -96,82 +96,10 @@ SWEEP = {"hnsw": ("efSearch", (16, 32, 64, 128, 256)),
          "ivf": ("nprobe", (4, 8, 16, 32, 64, 128, 256)),
          "ivfpq": ("nprobe", (4, 8, 16, 32, 64, 128, 256))}
 
-_T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-# ----- data ------------------------------------------------------------------------------------------------
-
-class ClusteredGaussian:
-    """Seeded mixture of Gaussian clusters in a ``latent``-d subspace of R^dim, plus isotropic noise, normalised."""
-
-    def __init__(self, dim: int = 512, clusters: int = 4096, latent: int = 32, within: float = 0.5,
-                 noise: float = 0.05, seed: int = 0):
-        self.dim, self.clusters, self.latent, self.within, self.noise, self.seed = (dim, clusters, latent, within,
-                                                                                      noise, seed)
-        rng = np.random.default_rng(seed)
-        self.proj = np.linalg.qr(rng.standard_normal((dim, latent)))[0].T.astype(np.float32)  # orthonormal rows
-        self.centres = rng.standard_normal((clusters, latent)).astype(np.float32)
-
-    def describe(self) -> dict:
-        return {"kind": "mixture of isotropic Gaussian clusters in a latent subspace + isotropic noise, "
-                        "L2-normalised",
-                "formula": "x = normalise((c_j + within*N(0,I_latent)) @ P + noise*N(0,I_dim)), c_j ~ N(0,I_latent), "
-                           "j uniform, P random orthonormal rows",
-                "dim": self.dim, "clusters": self.clusters, "latent_dim": self.latent, "within_std": self.within,
-                "noise_std": self.noise, "seed": self.seed, "base_stream": self.seed + 1,
-                "query_stream": self.seed + 2}
-
-    def sample(self, n: int, stream: int, chunk: int = 65536) -> np.ndarray:
-        rng = np.random.default_rng(stream)
-        out = np.empty((n, self.dim), np.float32)
-        for start in range(0, n, chunk):
-            m = min(chunk, n - start)
-            z = self.centres[rng.integers(0, self.clusters, m)]
-            z += self.within * rng.standard_normal((m, self.latent), dtype=np.float32)
-            x = z @ self.proj
-            x += self.noise * rng.standard_normal((m, self.dim), dtype=np.float32)
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
-            out[start:start + m] = x
-        return out
+log = logger(NAME)
 
 
 # ----- measuring -------------------------------------------------------------------------------------------
-
-def trim_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc), so an RSS difference reflects what a build keeps."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def rss_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def serialized_bytes(index: faiss.Index) -> int:
-    """Size of ``faiss.write_index(index)`` without holding the bytes (a 1M x 512 flat index is 2 GB)."""
-    total = [0]
-
-    def count(chunk: bytes) -> int:
-        total[0] += len(chunk)
-        return len(chunk)
-
-    writer = faiss.PyCallbackIOWriter(count)
-    faiss.write_index(index, writer)
-    del writer
-    return total[0]
-
 
 @contextlib.contextmanager
 def faiss_threads(n: int) -> Iterator[None]:
@@ -222,25 +150,19 @@ def batched_qps(search_all, queries: np.ndarray):
     return len(queries) / (time.perf_counter() - start), out
 
 
-def recall_at_k(got: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of each query's exact top-k found in its approximate top-k (ids; -1 never matches)."""
-    k = truth.shape[1]
-    return float(np.mean([len(np.intersect1d(g[g >= 0], t)) / k for g, t in zip(got, truth)]))
-
-
 def _r(x: float, nd: int = 4) -> float:
     return float(round(float(x), nd))
 
 
 # ----- synthetic ---------------------------------------------------------------------------------------------
 
-def store_view(index: faiss.Index, manifest: dict, paths: list[str], tmp: Path) -> ist.IndexStore:
+def store_view(index: faiss.Index, manifest: dict, paths: list[str], tmp: Path) -> IndexStore:
     """An IndexStore over an already built faiss index, without SQLite or disk: only ``search`` is used."""
     n = len(paths)
-    state = ist._State(manifest=manifest, index=index, ids=np.arange(n, dtype=np.int64), paths=paths,
+    state = State(manifest=manifest, index=index, ids=np.arange(n, dtype=np.int64), paths=paths,
                        labels=[None] * n, sizes=np.zeros(n, np.int64), mtimes=np.zeros(n), deleted=np.zeros(n, bool),
                        skipped=[])
-    return ist.IndexStore(tmp / "bench-view", state)
+    return IndexStore(tmp / "bench-view", state)
 
 
 def run_synthetic(args) -> dict:
@@ -252,7 +174,7 @@ def run_synthetic(args) -> dict:
     gen_s = time.perf_counter() - t
     ids = np.arange(args.n, dtype=np.int64)
     paths = [f"v/{i}.png" for i in range(args.n)]
-    auto_kind = ist._target_kind("auto", args.n)
+    auto_kind = target_kind("auto", args.n)
     rows: dict[str, dict] = {}
     sweeps: dict[str, list] = {}
     truth = None
@@ -260,21 +182,21 @@ def run_synthetic(args) -> dict:
     types = ["flat"] + [t for t in args.types if t != "flat"]
     with tempfile.TemporaryDirectory() as tmp:
         for kind in types:
-            plan = ist._plan(kind, args.n, args.dim)
+            plan = index_kinds.plan(kind, args.n, args.dim)
             manifest = {"dim": args.dim, "index_type": plan.kind, "params": plan.params}
             gc.collect()
             trim_heap()
             rss0 = rss_bytes()
             log(f"{kind}: building {plan.factory} {plan.params}")
             t, cpu = time.perf_counter(), time.process_time()
-            index = ist._build(plan, args.dim, base, ids)
+            index = index_kinds.build(plan, args.dim, base, ids)
             build_s, build_cpu = time.perf_counter() - t, time.process_time() - cpu
             gc.collect()
             trim_heap()
             rss_delta = rss_bytes() - rss0
             size = serialized_bytes(index)
             log(f"{kind}: built in {build_s:.1f}s, {size / 2**20:.0f} MiB serialized")
-            params = ist._search_params(manifest, K)  # what IndexStore.search passes (fetch = k, no tombstones)
+            params = search_parameters(manifest, K)  # what IndexStore.search passes (fetch = k, no tombstones)
 
             b_qps, (_, got) = batched_qps(lambda q: index.search(q, K, params=params), queries)
             if truth is None:
@@ -301,7 +223,7 @@ def run_synthetic(args) -> dict:
                 limit = plan.params.get("nlist", 10**9)
                 points = []
                 for v in sorted({x for x in values if x <= limit} | {default}):
-                    p = ist._search_params({**manifest, "params": {**plan.params, name: v}}, K)
+                    p = search_parameters({**manifest, "params": {**plan.params, name: v}}, K)
                     bq, (_, g) = batched_qps(lambda q: index.search(q, K, params=p), queries)
                     sq, _ = single_qps(lambda q: index.search(q, K, params=p)[1], queries, 100, sweep_budget)
                     points.append({name: v, "default": v == default, "recall@10": _r(recall_at_k(g, truth)),
@@ -322,7 +244,7 @@ def run_synthetic(args) -> dict:
             p["speedup_single"] = _r(p["single_qps"] / flat["single_qps"], 2)
             p["speedup_batched"] = _r(p["batched_qps"] / flat["batched_qps"], 2)
     goal = {"rule": f"auto's type: single-query q/s >= {GOAL_SPEEDUP:g}x flat at recall@10 >= {GOAL_RECALL}",
-            "n": args.n, "auto_type": auto_kind, "auto_type_at_1M": ist._target_kind("auto", 1_000_000),
+            "n": args.n, "auto_type": auto_kind, "auto_type_at_1M": target_kind("auto", 1_000_000),
             "measured": auto_kind in rows and auto_kind != "flat",
             "met": bool(auto_kind in rows and auto_kind != "flat" and rows[auto_kind]["meets_goal"]),
             "speedup_single": rows.get(auto_kind, {}).get("speedup_single"),
@@ -358,7 +280,7 @@ def run_demo(spec: str, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ["flat"] + [t for t in args.types if t != "flat"] + ["auto"]:
             t = time.perf_counter()
-            store = ist.IndexStore.create(tmp, f"demo-{kind}", enc.identity, enc.dim, base_col.root, index_type=kind,
+            store = IndexStore.create(tmp, f"demo-{kind}", enc.identity, enc.dim, base_col.root, index_type=kind,
                                           items=items, vectors=b.vectors)
             create_s = time.perf_counter() - t
             m = store.manifest
@@ -371,7 +293,7 @@ def run_demo(spec: str, args) -> dict:
             rec = float(np.mean([len(set(g) & set(tr)) / K for g, tr in zip(got, truth)]))
             rows[kind] = {"index_type": m["index_type"], "factory": m["factory"], "params": m["params"],
                           "note": m["note"], "create_s": _r(create_s, 3),
-                          "serialized_bytes": serialized_bytes(store._state.index),
+                          "serialized_bytes": (store.path / store.manifest["files"]["index"]).stat().st_size,
                           "disk_bytes": store.info()["size_bytes"], **single,
                           "batched_qps": _r(b_qps, 1), "recall@10": _r(rec)}
             store.delete()
@@ -386,7 +308,7 @@ def run_demo(spec: str, args) -> dict:
     return {"encoder": spec, "dim": enc.dim, "n_base": len(b.paths), "n_queries": len(q.paths),
             "embed_s": _r(embed_s, 1), "same_emoji_in_exact_top10": _r(same), "rows": rows,
             "caveat": f"{len(b.paths)} vectors only: exact search is already fast at this size, ivfpq needs "
-                      f"{ist.MIN_TRAIN['ivfpq']} vectors to train (falls back to flat); speed-ups here say little "
+                      f"{KINDS['ivfpq'].min_train} vectors to train (falls back to flat); speed-ups here say little "
                       f"about large collections"}
 
 
@@ -502,9 +424,7 @@ def plot(fig: dict, path: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="100k synthetic vectors, one demo encoder (< 5 min)")
-    ap.add_argument("--json", action="store_true", help="print JSON instead of the markdown tables")
+    ap = parser(__doc__, quick="100k synthetic vectors, one demo encoder (< 5 min)", threads=False)
     ap.add_argument("--n", type=int, default=None, help="synthetic base vectors (default 1,000,000; quick 100,000)")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=1000, help="synthetic queries (batched call; default 1000)")
@@ -513,9 +433,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"demo encoders, comma-separated (default {','.join(FULL_ENCODERS)}; quick "
                          f"{','.join(QUICK_ENCODERS)}); 'none' skips the demo")
     ap.add_argument("--threads", type=int, default=2, help="faiss / torch threads (default 2)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-sweep", action="store_true", help="skip the efSearch / nprobe sweeps")
     ap.add_argument("--no-synthetic", action="store_true")
+    started = time.perf_counter()
     args = ap.parse_args(argv)
     args.n = args.n or (100_000 if args.quick else 1_000_000)
     args.types = [t.strip() for t in args.types.split(",") if t.strip()]
@@ -536,24 +456,20 @@ def main(argv: list[str] | None = None) -> int:
                                                                 f"run the demo once to prepare it"})
             continue
         figures["demo"].append(run_demo(spec, args))
-    wall = time.perf_counter() - _T0
+    wall = time.perf_counter() - started
     settings = {"quick": args.quick, "n": args.n, "dim": args.dim, "queries": args.queries, "k": K,
                 "types": args.types, "encoders": encoders, "threads": args.threads, "seed": args.seed,
                 "sweep": not args.no_sweep, "wall_s": round(wall, 1), "cpu_s": round(time.process_time(), 1),
-                "command": "python bench/index_bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                "command": "python -m bench.index_bench " + " ".join(sys.argv[1:] if argv is None else argv),
                 "note": "single_qps: one query per call, faiss on 1 thread, from that thread's CPU time "
                         "(contention-robust); single_qps_wall: same loop on `threads` threads, wall-clock; "
                         "batched_qps and build_s: wall-clock on a possibly shared machine; speed-ups are ratios "
                         "within this run"}
     name = quick_name(NAME, args.quick)
-    path = save_result(name, figures, **settings)
-    png = plot({**figures, "settings_threads": args.threads}, RESULTS / f"{name}.png")
-    log(f"wrote {path}" + (f" and {png}" if png else "") + f" in {wall:.0f}s")
-    if args.json:
-        print(json.dumps({"figures": figures, "settings": settings, "machine": machine_info(), "date": utc_now()},
-                         indent=2))
-    else:
-        print(markdown({**figures, "threads": args.threads}))
+    path = save_result(name, figures, plot=lambda f, png: plot({**f, "settings_threads": args.threads}, png),
+                       **settings)
+    log(f"wrote {path} in {wall:.0f}s")
+    report(path, args, markdown({**figures, "threads": args.threads}))
     return 0
 
 

@@ -52,11 +52,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from retrieval.errors import BadImageError, LookalikeError  # noqa: E402
+from bench.common import lightly_version
+from retrieval.errors import BadImageError, LookalikeError
 
 __all__ = ["lightly_available", "train_lightly", "lightly_transform", "PEER_METHODS"]
 
@@ -72,12 +69,6 @@ def lightly_available() -> bool:
     except Exception:
         return False
     return True
-
-
-def _lightly_version() -> str:
-    import lightly
-
-    return str(getattr(lightly, "__version__", "unknown"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -287,7 +278,7 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
     """
     from retrieval.collection import scan
     from retrieval.encoders import POOLS, build_backbone
-    from retrieval.encoders import feature_dim as pooled_dim
+    from retrieval.encoders import feature_dim
     from retrieval.fsutil import atomic_write_bytes, atomic_write_json, now_iso
     from retrieval.runformat import FORMAT_VERSION, META, METRICS, WEIGHTS
     from training.checkpoint import backbone_tensors
@@ -295,7 +286,8 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
     from training.finetune import freeze_batchnorm
     from training.methods import METHODS
     from training.settings import FINETUNE_DEFAULTS
-    from training.trainer import _default_workers, feature_dim, get_lr
+    from training.data import default_workers
+    from training.optim import get_lr
 
     if method not in _MODELS:
         raise LookalikeError(f"unknown method {method!r} for the lightly peer: choose one of {', '.join(_MODELS)}")
@@ -328,7 +320,7 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
         lr_scale = FINETUNE_DEFAULTS["lr_scale"]
     transform = lightly_transform(method, image_size, augment)
     dataset = _Images(Path(collection.root), paths, transform, reduce_to=4 * image_size)
-    n_workers = _default_workers(len(paths), batch_size) if workers is None else int(workers)
+    n_workers = default_workers(len(paths), batch_size) if workers is None else int(workers)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=n_workers,
                         persistent_workers=n_workers > 0, worker_init_fn=_seed_worker,
                         generator=torch.Generator().manual_seed(seed))
@@ -428,7 +420,7 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
 
     weights = safetensors_bytes(backbone_tensors(model.backbone), metadata={"format": "pt"})
     sha = hashlib.sha256(weights).hexdigest()
-    config = {"implementation": "lightly", "lightly_version": _lightly_version(), "data_dir": str(data_dir),
+    config = {"implementation": "lightly", "lightly_version": lightly_version(), "data_dir": str(data_dir),
               "method": method, "backbone": backbone, "stem": stem, "image_size": image_size,
               "batch_size": batch_size, "minutes": minutes, "steps": steps, "seed": seed, "workers": n_workers,
               "optimizer": "adamw", "lr": base_lr, "weight_decay": weight_decay, "hparams": hp,
@@ -441,7 +433,7 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
     meta = {
         "format_version": FORMAT_VERSION, "kind": "run", "backbone": backbone, "method": method,
         "image_size": image_size, "mean": list(aug.mean), "std": list(aug.std), "stem": stem, "pool": pool,
-        "dim": int(feat_dim) if pool == "avg" else pooled_dim(model.backbone, pool), "config": config,
+        "dim": int(feat_dim) if pool == "avg" else feature_dim(model.backbone, pool), "config": config,
         "data": {"root": str(collection.root), "count": len(paths), "fingerprint": data_fingerprint(collection),
                  "skipped": len(collection.skipped), "bad_while_training": []},
         "metrics": metrics, "epoch": epoch, "step": step, "finished": True, "created": created,
@@ -451,23 +443,3 @@ def train_lightly(method: str, data_dir: str | Path, out: str | Path, *, backbon
     atomic_write_bytes(run / WEIGHTS, weights)
     atomic_write_json(run / META, meta, default=str)
     return run
-
-
-if __name__ == "__main__":  # pragma: no cover - a quick manual check
-    import argparse
-    import tempfile
-
-    ap = argparse.ArgumentParser(description="train one method with lightly's blocks and load the result")
-    ap.add_argument("method", choices=PEER_METHODS)
-    ap.add_argument("--data", default=str(ROOT / "data" / "demo" / "emoji" / "twitter"))
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    out_dir = Path(args.out or tempfile.mkdtemp(prefix=f"lightly-{args.method}-")) / "run"
-    run_dir = train_lightly(args.method, args.data, out_dir, steps=args.steps, progress=True,
-                            on_step=lambda r: print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                                                                for k, v in r.items()})))
-    from retrieval.encoders import load_encoder
-
-    enc = load_encoder(str(run_dir))
-    print(run_dir, enc.name, enc.dim, enc.extra["config"]["implementation"])

@@ -30,19 +30,18 @@ import inspect
 import json
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from app.demo import PRETRAINED_SPEC as PRETRAINED  # noqa: E402 (the pretrained encoder the demo uses)
-from bench.common import ROOT, quick_name, save_result  # noqa: E402
-from retrieval.allocator import release_free_memory  # noqa: E402
-from retrieval.errors import LookalikeError  # noqa: E402
+from app.demo import PRETRAINED_SPEC as PRETRAINED  # the pretrained encoder the demo uses
+from bench.common import (logger, setup, timed, markdown_table, parser, quick_name, report, result_path, save_result,
+                          work_dir)
+from retrieval.allocator import release_free_memory
+from retrieval.errors import LookalikeError
+from retrieval.runformat import read_meta, read_metrics
 
 GROUPS = ("baselines", "scratch", "pretrained", "distill", "lightly")
 QUICK_MINUTES = 0.25
@@ -66,8 +65,7 @@ class Row:
     peer: dict | None = None
 
 
-def _log(msg: str) -> None:
-    print(f"[photos] {msg}", file=sys.stderr, flush=True)
+_log = logger("photos")
 
 
 def trainable_methods() -> list[str]:
@@ -102,6 +100,66 @@ def plan(groups, methods, pretrained: str = PRETRAINED, teacher: str | None = No
 # ------------------------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------------------------
+SIDECAR = ".bench-quality.json"  # beside each run dir: wall minutes of the training call, for reused runs
+
+
+def run_facts(run: Path) -> dict:
+    """Steps, epochs and the trainer's own clock of a run directory, from encoder.json / metrics.jsonl."""
+    facts: dict = {}
+    meta = read_meta(run) or {}
+    for k in ("step", "epoch", "finished"):
+        if k in meta:
+            facts[k if k != "step" else "steps"] = meta[k]
+    cfg = meta.get("config") or {}
+    if "batch_size" in cfg:
+        facts["batch_size"] = cfg["batch_size"]
+    last_time = None
+    for rec in read_metrics(run):
+        if "time" in rec:
+            last_time = rec["time"]
+        if "steps" not in facts and "step" in rec:
+            facts["steps"] = rec["step"]
+    if last_time is not None:
+        facts["clock_minutes"] = round(float(last_time) / 60, 3)
+    return facts
+
+
+def sidecar(run: Path) -> Path:
+    return run.parent / f"{run.name}{SIDECAR}"
+
+
+def timed_training(run: Path, fn) -> float | None:
+    """Call ``fn()`` (which trains into ``run``); wall minutes, also written beside the run for a later reuse."""
+    minutes = timed(fn)[0] / 60
+    sidecar(run).write_text(json.dumps({"wall_minutes": minutes}))
+    return minutes
+
+
+def wall_minutes(run: Path) -> float | None:
+    try:
+        return float(json.loads(sidecar(run).read_text())["wall_minutes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def finished(run: Path) -> bool:
+    return bool((read_meta(run) or {}).get("finished"))
+
+
+def peers_or_reason():
+    """bench/peers.py (lightly's trainer), or the reason it cannot be used."""
+    try:
+        from bench import peers
+    except ImportError as exc:
+        return None, f"bench/peers.py is not importable ({exc})"
+    try:
+        if not peers.lightly_available():
+            return None, "lightly is not installed (pip install -e '.[bench]')"
+    except Exception as exc:  # noqa: BLE001 - any failure here means "no peer rows", with the reason
+        return None, f"bench.peers.lightly_available() failed: {type(exc).__name__}: {exc}"
+    return peers, None
+
+
 def check_trainer(train: dict) -> None:
     """Raise :class:`NeedsTrainerFeature` when this checkout's trainer cannot take ``train``'s fields."""
     from training.methods import METHODS
@@ -115,44 +173,61 @@ def check_trainer(train: dict) -> None:
         raise NeedsTrainerFeature(f"needs --method {train['method']}: not in training.methods.METHODS here")
 
 
-def train_row(row: Row, data_dir: Path, run: Path, minutes: float) -> tuple[Path, float | None, bool]:
-    """Train (or reuse a finished / resume an interrupted) Lookalike run of ``row``: (run, wall minutes, reused)."""
-    from bench.quality import _finished, _run_facts, _sidecar, _timed, _wall_minutes
+def train_run(run: Path, config: Callable[[bool], object]) -> tuple[Path, float | None, bool]:
+    """Train ``config(resume)`` (a TrainConfig writing to ``run``), reuse ``run`` when it finished or resume it when
+    it was interrupted (the clock then includes its first segment): (run, wall minutes, reused)."""
     from retrieval.runformat import STATE
-    from training.trainer import TrainConfig, train
+    from training.trainer import train
 
-    check_trainer(row.train)
-    if _finished(run):
-        return run, _wall_minutes(run), True
+    if finished(run):
+        return run, wall_minutes(run), True
     resume = (run / STATE).exists()
     if run.exists() and not resume:  # killed before its first checkpoint
         shutil.rmtree(run)
-    cfg = TrainConfig(data_dir=str(data_dir), out=str(run), minutes=minutes, device="cpu", resume=resume,
-                      **row.train)
-    prior = (_run_facts(run).get("clock_minutes") or 0.0) if resume else 0.0
-    wall = _timed(run, lambda: train(cfg, progress=False)) + prior
-    _sidecar(run).write_text(json.dumps({"wall_minutes": wall}))
+    cfg = config(resume)
+    prior = (run_facts(run).get("clock_minutes") or 0.0) if resume else 0.0
+    wall = timed_training(run, lambda: train(cfg, progress=False)) + prior
+    sidecar(run).write_text(json.dumps({"wall_minutes": wall}))
     return run, wall, resume
+
+
+def peer_run(run: Path, call: Callable[[], Path]) -> tuple[Path, float | None, bool]:
+    """Train lightly's run by ``call()`` (it returns the run directory), or reuse a finished one; a run cut short
+    cannot resume and starts again: (run, wall minutes, reused)."""
+    from retrieval.runformat import META, WEIGHTS
+
+    if (run / META).is_file() and (run / WEIGHTS).is_file():
+        return run, wall_minutes(run), True
+    if run.exists():
+        shutil.rmtree(run)
+    out: dict = {}
+    wall = timed_training(run, lambda: out.setdefault("run", Path(call())))
+    if out["run"] != run:
+        sidecar(out["run"]).write_text(json.dumps({"wall_minutes": wall}))
+    return out["run"], wall, False
+
+
+def train_row(row: Row, data_dir: Path, run: Path, minutes: float) -> tuple[Path, float | None, bool]:
+    """Train (or reuse a finished / resume an interrupted) Lookalike run of ``row``: (run, wall minutes, reused)."""
+    from training.trainer import TrainConfig
+
+    check_trainer(row.train)
+    return train_run(run, lambda resume: TrainConfig(data_dir=str(data_dir), out=str(run), minutes=minutes,
+                                                     device="cpu", resume=resume, **row.train))
 
 
 def train_peer_row(row: Row, data_dir: Path, run: Path, minutes: float) -> tuple[Path, float | None, bool]:
     """lightly's run of ``row`` with the trainer's default backbone, stem, image size and batch (with an ``init``:
     its batch, the rest from the weights)."""
-    from bench.quality import _peers, _timed, _wall_minutes
-    from retrieval.runformat import META, WEIGHTS
     from training.settings import setting
 
-    peers, why = _peers()
+    peers, why = peers_or_reason()
     if peers is None:
         raise NeedsTrainerFeature(why)
     extra = {k: v for k, v in row.peer.items() if k != "method"}
     if "init" in extra and "init" not in inspect.signature(peers.train_lightly).parameters:
         raise NeedsTrainerFeature("bench.peers.train_lightly takes no init: lightly's rows start from random "
                                   "weights only")
-    if (run / META).is_file() and (run / WEIGHTS).is_file():
-        return run, _wall_minutes(run), True
-    if run.exists():
-        shutil.rmtree(run)
     # from random weights: the trainer's defaults; from ``init``: the fine-tuning batch, and the rest from the init
     # (train_lightly derives it as our trainer does)
     if "init" in extra:
@@ -161,17 +236,16 @@ def train_peer_row(row: Row, data_dir: Path, run: Path, minutes: float) -> tuple
         defaults = {"batch_size": FINETUNE_DEFAULTS["batch_size"]}
     else:
         defaults = {k: setting(k).default for k in ("backbone", "stem", "image_size", "batch_size")}
-    wall = _timed(run, lambda: peers.train_lightly(row.peer["method"], data_dir, run, minutes=minutes,
-                                                   progress=False, **defaults, **extra))
-    return run, wall, False
+    return peer_run(run, lambda: peers.train_lightly(row.peer["method"], data_dir, run, minutes=minutes,
+                                                     progress=False, **defaults, **extra))
 
 
 # ------------------------------------------------------------------------------------------------------------
 # running and reporting
 # ------------------------------------------------------------------------------------------------------------
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    """The options every photo benchmark takes."""
-    ap.add_argument("--quick", action="store_true", help=f"smaller data, {QUICK_MINUTES:g} min per trained row")
+def photo_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line every photo benchmark takes: the harness's flags and the rows' own."""
+    ap = parser(doc, quick=f"smaller data, {QUICK_MINUTES:g} min per trained row")
     ap.add_argument("--minutes", type=float, default=None,
                     help=f"CPU training budget per trained row, wall-clock (default {FULL_MINUTES:g}; --quick: "
                          f"{QUICK_MINUTES:g})")
@@ -182,15 +256,14 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--teacher", default=None, help="teacher of the distilled row (default: --pretrained)")
     ap.add_argument("--runs-dir", default=None, help="keep trained runs here and reuse finished ones "
                     "(default: a temp dir, deleted)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     ap.add_argument("--eval-device", default="cpu", help="device that embeds for scoring (training stays on the "
                     "CPU); cuda makes the big evaluations fast, and makes img/s a GPU figure")
-    ap.add_argument("--json", action="store_true", help="print the result JSON instead of the table")
     ap.add_argument("--part", default=None, help="these rows are a share of the benchmark (e.g. --groups "
                     "pretrained on another core): write <name>_part_<PART>.json instead; --merge joins the parts")
     ap.add_argument("--merge", nargs="+", default=None, metavar="PART", help="run no row: join the part files "
                     "<name>_part_<PART>.json into <name>.json, rows in table order, goals judged on all of them; a "
                     "row in several parts is taken from the last one named")
+    return ap
 
 
 def minutes_of(args) -> float:
@@ -217,7 +290,6 @@ def _score(evaluate: Callable, spec: str, device: str) -> dict:
 def run_rows(rows: list[Row], evaluate: Callable, train_dir: Callable[[], Path], runs: Path, minutes: float,
              quick: bool, headline: tuple[str, ...], device: str = "cpu") -> dict[str, dict]:
     """Score every row (training the trained ones on ``train_dir()``, built on first use); failures are rows."""
-    from bench.quality import _run_facts
 
     out: dict[str, dict] = {}
     for row in rows:
@@ -233,7 +305,7 @@ def run_rows(rows: list[Row], evaluate: Callable, train_dir: Callable[[], Path],
                 _log(f"training {row.name} for {minutes:g} min -> {run}")
                 fn = train_peer_row if row.peer else train_row
                 run, wall, reused = fn(row, train_dir(), run, minutes)
-                facts = _run_facts(run)
+                facts = run_facts(run)
                 out[row.name] = {**base, "budget_minutes": minutes,
                                  "train_minutes": None if wall is None else round(wall, 3),
                                  "steps": facts.get("steps"), "reused": reused, **_score(evaluate, str(run), device)}
@@ -252,20 +324,15 @@ def run_rows(rows: list[Row], evaluate: Callable, train_dir: Callable[[], Path],
 
 
 def table(rows: dict[str, dict], columns: tuple[str, ...]) -> str:
-    def cell(v):
-        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    head = ["row", *columns, "train min", "steps", "img/s"]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    body = []
     for name, r in rows.items():
         if "error" in r or "skipped" in r:
             why = f"ERROR: {r['error']}" if "error" in r else f"skipped: {r['skipped']}"
-            lines.append(f"| {name} | " + " | ".join("-" * 1 for _ in columns) + f" | - | - | {why} |")
-            continue
-        cells = [cell(r.get(c)) for c in columns] + [cell(r.get("train_minutes")), cell(r.get("steps")),
-                                                     cell(r.get("images_per_s"))]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            body.append([name, *("-" for _ in columns), "-", "-", why])
+        else:
+            body.append([name, *(r.get(c) for c in columns), r.get("train_minutes"), r.get("steps"),
+                         r.get("images_per_s")])
+    return markdown_table(["row", *columns, "train min", "steps", "img/s"], body)
 
 
 def goals(rows: dict[str, dict], headline: tuple[str, ...], pretrained: str, teacher: str) -> dict:
@@ -302,6 +369,7 @@ def run_benchmark(name: str, args, evaluate: Callable, train_dir: Callable[[], P
     """Plan the rows from ``args``, run them, save ``bench/results/<name>[_quick].json``, print; exit status."""
     import torch
 
+    setup(args)
     if args.merge:
         return merge_parts(name, args, columns, headline, title)
     minutes = minutes_of(args)
@@ -312,19 +380,8 @@ def run_benchmark(name: str, args, evaluate: Callable, train_dir: Callable[[], P
         raise SystemExit(f"unknown --methods {' '.join(unknown)}: choose from {' '.join(known)}")
     rows = plan(args.groups, methods, args.pretrained, args.teacher)
     t0 = time.perf_counter()
-    tmp = None
-    if args.runs_dir:
-        runs = Path(args.runs_dir)
-        runs.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix=f"bench-{name}-")
-        runs = Path(tmp.name)
-    try:
-        results = run_rows(rows, evaluate, train_dir, runs, minutes, args.quick, headline,
-                           args.eval_device)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    with work_dir(args.runs_dir, f"bench-{name}-") as runs:
+        results = run_rows(rows, evaluate, train_dir, runs, minutes, args.quick, headline, args.eval_device)
     result_name = quick_name(name, args.quick)
     if args.part:
         result_name = part_name(result_name, args.part)
@@ -338,18 +395,13 @@ def run_benchmark(name: str, args, evaluate: Callable, train_dir: Callable[[], P
                        eval_device=args.eval_device,
                        torch_threads=torch.get_num_threads(), total_seconds=round(time.perf_counter() - t0, 1),
                        **settings)
-    report(path, args, results, g, columns, headline, f"{title}; {minutes:g} min per trained row (wall-clock, CPU)")
+    show(path, args, results, g, columns, headline, f"{title}; {minutes:g} min per trained row (wall-clock, CPU)")
     return 1 if any("error" in r for r in results.values()) else 0
 
 
-def report(path: Path, args, results: dict, g: dict, columns, headline, title: str) -> None:
-    if args.json:
-        print(path.read_text(), end="")
-    else:
-        print(f"{title}\n")
-        print(table(results, columns))
-        print(f"\ngoals (on {', '.join(headline)}): {json.dumps({k: v for k, v in g.items() if k != 'metrics'})}")
-        print(f"\nwritten: {path.relative_to(ROOT)}")
+def show(path: Path, args, results: dict, g: dict, columns, headline, title: str) -> None:
+    goals_line = json.dumps({k: v for k, v in g.items() if k != "metrics"})
+    report(path, args, f"{title}\n\n{table(results, columns)}\n\ngoals (on {', '.join(headline)}): {goals_line}")
 
 
 def part_name(result_name: str, part: str) -> str:
@@ -360,12 +412,10 @@ def merge_parts(name: str, args, columns, headline, title: str) -> int:
     """Join part files (rows run by separate processes, e.g. one per core) into one result: each row as its part
     measured it, in the table order of :func:`plan`; the parts' settings, machines and dates are kept beside. A row
     in more than one part (a row run again) is taken from the last part named, and ``replaced_rows`` says so."""
-    from bench.common import RESULTS
-
     result_name = quick_name(name, args.quick)
     parts = {}
     for part in args.merge:
-        path = RESULTS / f"{part_name(result_name, part)}.json"
+        path = result_path(part_name(result_name, part))
         if not path.is_file():
             raise SystemExit(f"no part {part!r}: {path} is missing (run the rows with --part {part})")
         parts[part] = json.loads(path.read_text())
@@ -385,5 +435,5 @@ def merge_parts(name: str, args, columns, headline, title: str) -> int:
         part: {"groups": res["settings"]["groups"], "total_seconds": res["settings"].get("total_seconds"),
                "machine": res["machine"], "date": res["date"]} for part, res in parts.items()},
         replaced_rows={row: f"part {old} replaced by part {rows[row]['part']}" for row, old in replaced.items()})
-    report(path, args, rows, g, columns, headline, f"{title}; merged from parts {', '.join(parts)}")
+    show(path, args, rows, g, columns, headline, f"{title}; merged from parts {', '.join(parts)}")
     return 1 if any("error" in r for r in rows.values()) else 0

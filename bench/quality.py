@@ -28,34 +28,29 @@ size (a flat FAISS index) ranks them.
 Goal: every trained row beats ``pixels`` and ``random:`` and each Lookalike method matches or beats lightly's
 same method, both judged on the two headline metrics, mAP@10 (instance level) and kNN acc (class level).
 
-Rerun:  .venv/bin/python bench/quality.py                         # 3 min per trained row (~25 min in all)
-        .venv/bin/python bench/quality.py --quick                 # 0.25 min per trained row (~5 min)
-        .venv/bin/python bench/quality.py --minutes 5 --runs-dir runs/bench-quality --json
-        .venv/bin/python bench/quality.py --methods simclr byol --runs-dir runs/bench-quality
+Rerun:  python -m bench.quality                         # 3 min per trained row (~25 min in all)
+        python -m bench.quality --quick                 # 0.25 min per trained row (~5 min)
+        python -m bench.quality --methods simclr byol --minutes 5 --runs-dir runs/bench-quality --json
 Prints a markdown table and the goal check (JSON with ``--json``) and always writes ``bench/results/quality.json``
-(figures, settings, machine, date) and ``bench/results/quality.png`` (``quality_quick.*`` with ``--quick``). Budgets are wall-clock: other jobs sharing
-the CPUs lower the steps every trained row gets, so compare rows from one run on a quiet machine. With
+(figures, settings, machine, date) and ``bench/results/quality.png`` (``quality_quick.*`` with ``--quick``).
+Budgets are wall-clock: other jobs sharing the CPUs lower the steps every trained row gets, so compare rows from
+one run on a quiet machine. With
 ``--runs-dir`` finished runs are kept and reused (an interrupted one resumes); by default they go to a temp dir.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import RESULTS, ROOT, pyplot, quick_name, save_figure, save_result  # noqa: E402
-from retrieval.runformat import META, STATE, WEIGHTS, read_meta, read_metrics  # noqa: E402
+from bench.common import (ROOT, fmt, logger, markdown_table, parser, pyplot, quick_name, report, save_figure,
+                          save_result, work_dir)
+from bench.datasets import EmojiPairs
+from bench.photos import PRETRAINED, peer_run, peers_or_reason, run_facts, train_run, trainable_methods
 
 NAME = "quality"
-from bench.photos import PRETRAINED, trainable_methods  # noqa: E402
 
 # every method of the registry that learns from the collection alone (distill needs a teacher: bench/photos.py);
 # PRETRAINED, the strongest baseline, gets a row with each pooling (when the extra is installed)
@@ -66,43 +61,17 @@ COLUMNS = ("recall@1", "recall@10", "map@10", "knn_acc", "knn_acc@20")
 HEADLINE = ("map@10", "knn_acc")  # what "beats" means in the goal check
 FEW_STEPS = 20  # a trained row with fewer optimiser steps than this is flagged: its figures say little
 QUICK_MINUTES = 0.25  # 7 trained rows x (0.25 min + start-up) + 9 evaluations (~18 s each on 2 idle cores) ~ 5 min
-SIDECAR = ".bench-quality.json"  # beside each run dir: wall minutes of the training call, for reused runs
 
 
-def _log(msg: str) -> None:
-    print(f"[quality] {msg}", file=sys.stderr, flush=True)
+_log = logger(NAME)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # data and evaluation
 # ------------------------------------------------------------------------------------------------------------
-def _codes(meta: Path | None) -> dict[str, str]:
-    """Relative file path (``subcategory/short_name.png``) -> unified code, from the demo's emoji.json."""
-    if meta is None or not Path(meta).is_file():
-        return {}
-    from app.demo_data import _file_name
-
-    return {f"{r['subcategory']}/{_file_name(r)}": r["unified"] for r in json.loads(Path(meta).read_text())}
-
-
-class Evaluation:
-    """The two scanned folders and the ground truth; ``__call__(encoder)`` embeds both and scores the queries."""
-
-    def __init__(self, collection_dir: Path, queries_dir: Path, meta: Path | None):
-        from retrieval.collection import scan
-
-        self.collection = scan(collection_dir, labels=True)
-        self.queries = scan(queries_dir, labels=True)
-        codes = _codes(meta)
-        key = (lambda p: codes.get(p, p))  # the unified code, or the file's relative path without emoji.json
-        self.db_keys = [key(it.path) for it in self.collection.items]
-        self.db_labels = [it.label or "" for it in self.collection.items]
-        where = {k: i for i, k in enumerate(self.db_keys)}
-        self.query_paths = [it.path for it in self.queries.items if key(it.path) in where]
-        self.query_labels = {it.path: it.label or "" for it in self.queries.items}
-        self.truth = {p: where[key(p)] for p in self.query_paths}
-        self.ground_truth = "unified code (emoji.json)" if codes else "relative file name"
-        self.dropped = len(self.queries.items) - len(self.query_paths)
+class Evaluation(EmojiPairs):
+    """The data set (:class:`bench.datasets.EmojiPairs`); ``__call__(encoder)`` embeds both folders and scores the
+    queries."""
 
     def __call__(self, encoder) -> dict:
         import numpy as np
@@ -136,51 +105,6 @@ class Evaluation:
 # ------------------------------------------------------------------------------------------------------------
 # trained rows
 # ------------------------------------------------------------------------------------------------------------
-def _run_facts(run: Path) -> dict:
-    """Steps, epochs and the trainer's own clock of a run directory, from encoder.json / metrics.jsonl."""
-    facts: dict = {}
-    meta = read_meta(run) or {}
-    for k in ("step", "epoch", "finished"):
-        if k in meta:
-            facts[k if k != "step" else "steps"] = meta[k]
-    cfg = meta.get("config") or {}
-    if "batch_size" in cfg:
-        facts["batch_size"] = cfg["batch_size"]
-    last_time = None
-    for rec in read_metrics(run):
-        if "time" in rec:
-            last_time = rec["time"]
-        if "steps" not in facts and "step" in rec:
-            facts["steps"] = rec["step"]
-    if last_time is not None:
-        facts["clock_minutes"] = round(float(last_time) / 60, 3)
-    return facts
-
-
-def _sidecar(run: Path) -> Path:
-    return run.parent / f"{run.name}{SIDECAR}"
-
-
-def _timed(run: Path, fn) -> float | None:
-    """Call ``fn()`` (which trains into ``run``); wall minutes, also written beside the run for a later reuse."""
-    t0 = time.perf_counter()
-    fn()
-    minutes = (time.perf_counter() - t0) / 60
-    _sidecar(run).write_text(json.dumps({"wall_minutes": minutes}))
-    return minutes
-
-
-def _wall_minutes(run: Path) -> float | None:
-    try:
-        return float(json.loads(_sidecar(run).read_text())["wall_minutes"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _finished(run: Path) -> bool:
-    return bool((read_meta(run) or {}).get("finished"))
-
-
 def train_lookalike(method: str, data_dir: Path, run: Path, minutes: float) -> tuple[Path, float | None, bool]:
     """Train (or reuse / resume) ``method`` with the demo's config into ``run``: (run dir, wall minutes, reused).
 
@@ -190,76 +114,33 @@ def train_lookalike(method: str, data_dir: Path, run: Path, minutes: float) -> t
     import dataclasses
 
     from app.demo import demo_config
-    from training.trainer import train
 
-    if _finished(run):
-        return run, _wall_minutes(run), True
-    resume = (run / STATE).exists()
-    cfg = dataclasses.replace(demo_config(method, data_dir, run, minutes, resume=resume), device="cpu")
-    if resume:  # an interrupted earlier call: continue it; the clock includes its first segment
-        prior = _run_facts(run).get("clock_minutes") or 0.0
-        wall = _timed(run, lambda: train(cfg, progress=False))
-        _sidecar(run).write_text(json.dumps({"wall_minutes": wall + prior}))
-        return run, wall + prior, True
-    if run.exists():  # leftovers of a call killed before the first checkpoint (no state.pt, no encoder.json)
-        shutil.rmtree(run)
-    return run, _timed(run, lambda: train(cfg, progress=False)), False
-
-
-def _peers():
-    """bench/peers.py (lightly's trainer), or the reason it cannot be used."""
-    try:
-        from bench import peers
-    except ImportError as exc:
-        return None, f"bench/peers.py is not importable ({exc})"
-    try:
-        if not peers.lightly_available():
-            return None, "lightly is not installed (pip install -e '.[bench]')"
-    except Exception as exc:  # noqa: BLE001 - any failure here means "no peer rows", with the reason
-        return None, f"bench.peers.lightly_available() failed: {type(exc).__name__}: {exc}"
-    return peers, None
+    return train_run(run, lambda resume: dataclasses.replace(demo_config(method, data_dir, run, minutes,
+                                                                         resume=resume), device="cpu"))
 
 
 def train_peer(peers, method: str, data_dir: Path, run: Path, minutes: float) -> tuple[Path, float | None, bool]:
     """lightly's ``method`` with the demo's backbone, stem, image size and batch, for ``minutes``."""
     from app.demo import DEMO_AUGMENT, DEMO_BACKBONE, DEMO_IMAGE_SIZE, DEMO_STEM, demo_config
 
-    if (run / META).is_file() and (run / WEIGHTS).is_file():
-        return run, _wall_minutes(run), True
-    if run.exists():  # a peer run that was cut short (no encoder.json): it cannot resume, so start again
-        shutil.rmtree(run)
     batch = demo_config(method, data_dir, run, minutes).batch_size  # the trainer's default batch
-    out: dict = {}
-
-    def go():
-        out["run"] = Path(peers.train_lightly(method, data_dir, run, backbone=DEMO_BACKBONE, stem=DEMO_STEM,
-                                              image_size=DEMO_IMAGE_SIZE, batch_size=batch, minutes=minutes,
-                                              augment=dict(DEMO_AUGMENT), progress=False))
-
-    wall = _timed(run, go)
-    if out["run"] != run:
-        _sidecar(out["run"]).write_text(json.dumps({"wall_minutes": wall}))
-    return out["run"], wall, False
+    return peer_run(run, lambda: peers.train_lightly(method, data_dir, run, backbone=DEMO_BACKBONE, stem=DEMO_STEM,
+                                                     image_size=DEMO_IMAGE_SIZE, batch_size=batch, minutes=minutes,
+                                                     augment=dict(DEMO_AUGMENT), progress=False))
 
 
 # ------------------------------------------------------------------------------------------------------------
 # reporting
 # ------------------------------------------------------------------------------------------------------------
-def _fmt(v, digits: int = 3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-
 def table(rows: dict[str, dict]) -> str:
-    lines = ["| row | recall@1 | recall@10 | mAP@10 | kNN acc | kNN acc k=20 | train minutes | steps |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    body = []
     for name, r in rows.items():
         if "error" in r or "skipped" in r:
-            why = f"ERROR: {r['error']}" if "error" in r else f"skipped: {r['skipped']}"
-            lines.append(f"| {name} | - | - | - | - | - | - | {why} |")
-            continue
-        cells = [_fmt(r[c]) for c in COLUMNS] + [_fmt(r.get("train_minutes"), 2), _fmt(r.get("steps"))]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            body.append([name, *["-"] * 6, f"ERROR: {r['error']}" if "error" in r else f"skipped: {r['skipped']}"])
+        else:
+            body.append([name, *(r[c] for c in COLUMNS), fmt(r.get("train_minutes"), 2), r.get("steps")])
+    return markdown_table(["row", "recall@1", "recall@10", "mAP@10", "kNN acc", "kNN acc k=20", "train minutes",
+                           "steps"], body)
 
 
 def _beats(a: dict, b: dict, strict: bool = True) -> bool:
@@ -358,11 +239,10 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv: list[str] | None):
+    ap = parser(__doc__, quick=f"{QUICK_MINUTES:g} min per trained row (all rows kept)", threads=False, seed=None)
     ap.add_argument("--minutes", type=float, default=None,
                     help=f"training budget per trained row, wall-clock (default 3; --quick: {QUICK_MINUTES:g})")
-    ap.add_argument("--quick", action="store_true", help=f"{QUICK_MINUTES:g} min per trained row (all rows kept)")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                     help="Lookalike methods to train (default: all five)")
     ap.add_argument("--lightly-methods", nargs="*", choices=("simclr", "moco", "byol"), default=list(PEER_METHODS),
@@ -371,26 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs-dir", default=None,
                     help="keep the trained runs here and reuse finished ones (default: a temp dir, deleted)")
     ap.add_argument("--data", default=str(ROOT / "data" / "demo"), help="demo data root (default data/demo)")
-    ap.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
     args = ap.parse_args(argv)
-    minutes = args.minutes if args.minutes is not None else (QUICK_MINUTES if args.quick else 3.0)
-    if minutes <= 0:
+    args.minutes = args.minutes if args.minutes is not None else (QUICK_MINUTES if args.quick else 3.0)
+    if args.minutes <= 0:
         ap.error("--minutes must be positive")
+    return args
 
-    import torch
 
-    from app.demo import DEMO_BACKBONE, DEMO_IMAGE_SIZE, DEMO_POOL, DEMO_STEM, baseline_specs, demo_config
-    from app.demo_data import prepare_demo_data
+def scorer(ev: Evaluation, rows: dict[str, dict]):
+    """``evaluate(name, spec, **extra)``: score ``spec`` into ``rows[name]``; a failure is the row's error."""
     from retrieval.encoders import load_encoder
-
-    t_start = time.perf_counter()
-    data = prepare_demo_data(args.data, log=_log)
-    ev = Evaluation(data.collection, data.queries, data.meta)
-    _log(f"{data.source} data: {len(ev.collection.items)} collection images, {len(ev.query_paths)} queries "
-         f"with their emoji in the collection ({ev.dropped} without), ground truth by {ev.ground_truth}")
-    random_spec = baseline_specs()["demo-random"]
-
-    rows: dict[str, dict] = {}
 
     def evaluate(name: str, encoder_spec: str, **extra) -> None:
         try:
@@ -401,65 +271,64 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc(file=sys.stderr)
             rows[name] = {**extra, "error": f"{type(exc).__name__}: {exc}"}
 
+    return evaluate
+
+
+def baseline_rows(evaluate, random_spec: str, ablation: bool) -> None:
+    from app.demo import DEMO_POOL
+
     evaluate("pixels", "pixels", kind="baseline", spec="pixels", train_minutes=0.0, steps=0)
     evaluate(random_spec, random_spec, kind="baseline", spec=random_spec, train_minutes=0.0, steps=0)
     for pool in ("grid", "avg"):  # the strongest baseline available offline
         spec = f"{PRETRAINED}?pool={pool}"
         evaluate(f"pretrained ({pool})", spec, kind="baseline", spec=spec, train_minutes=0.0, steps=0)
-    ablation = not args.quick  # the same encoders with global average pooling, to show what pooling contributes
-    if ablation:
+    if ablation:  # the same encoders with global average pooling, to show what pooling contributes
         avg_spec = random_spec.replace(f"&pool={DEMO_POOL}", "")
         evaluate("random (pool=avg)", avg_spec, kind="ablation", spec=avg_spec, train_minutes=0.0, steps=0)
 
-    tmp = None
-    if args.runs_dir:
-        runs = Path(args.runs_dir)
-        runs.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="bench-quality-")
-        runs = Path(tmp.name)
-    tag = f"{minutes:g}min"
-    peer_methods = [] if args.no_lightly else list(dict.fromkeys(args.lightly_methods))
-    peers, peer_reason = _peers() if peer_methods else (None, "not asked for")
-    if peer_methods and peers is None:
-        _log(f"lightly rows skipped: {peer_reason}")
-    try:
-        jobs = [("lookalike", m) for m in args.methods]
-        for m in peer_methods:  # right after ours, so both meet the same machine state
-            at = jobs.index(("lookalike", m)) + 1 if ("lookalike", m) in jobs else len(jobs)
-            jobs.insert(at, ("lightly", m))
-        for kind, method in jobs:
-            name = method if kind == "lookalike" else f"lightly-{method}"
-            base = {"kind": kind, "method": method, "budget_minutes": minutes}
-            if kind == "lightly" and peers is None:
-                rows[name] = {**base, "skipped": peer_reason}
-                continue
-            run = runs / f"{'lookalike' if kind == 'lookalike' else 'lightly'}-{method}-{tag}"
-            _log(f"training {name} for {minutes:g} min → {run}")
-            try:
-                if kind == "lookalike":
-                    run, wall, reused = train_lookalike(method, data.collection, run, minutes)
-                else:
-                    run, wall, reused = train_peer(peers, method, data.collection, run, minutes)
-            except Exception as exc:  # noqa: BLE001
-                traceback.print_exc(file=sys.stderr)
-                rows[name] = {**base, "error": f"training failed: {type(exc).__name__}: {exc}"}
-                continue
-            facts = _run_facts(run)
-            evaluate(name, f"{run}?pool={DEMO_POOL}", **base, train_minutes=None if wall is None else round(wall, 3),
-                     steps=facts.get("steps"), run_facts=facts, reused=reused,
-                     run=str(run) if args.runs_dir else None)
-            if ablation and kind == "lookalike":
-                evaluate(f"{name} (pool=avg)", f"{run}?pool=avg", kind="ablation", method=method,
-                         train_minutes=rows[name].get("train_minutes"), steps=facts.get("steps"))
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
-    g = goal(rows, random_spec)
-    cfg = demo_config("simclr", data.collection, runs / "x", minutes)
-    settings = {
-        "quick": args.quick, "minutes_per_method": minutes, "methods": list(args.methods),
+def trained_rows(args, evaluate, rows: dict, collection: Path, runs: Path, peer_methods: list, peers,
+                 peer_reason) -> None:
+    """Train each Lookalike method (lightly's right after it, so both meet the same machine state) and score it."""
+    from app.demo import DEMO_POOL
+
+    jobs = [("lookalike", m) for m in args.methods]
+    for m in peer_methods:
+        at = jobs.index(("lookalike", m)) + 1 if ("lookalike", m) in jobs else len(jobs)
+        jobs.insert(at, ("lightly", m))
+    for kind, method in jobs:
+        name = method if kind == "lookalike" else f"lightly-{method}"
+        base = {"kind": kind, "method": method, "budget_minutes": args.minutes}
+        if kind == "lightly" and peers is None:
+            rows[name] = {**base, "skipped": peer_reason}
+            continue
+        run = runs / f"{kind}-{method}-{args.minutes:g}min"
+        _log(f"training {name} for {args.minutes:g} min → {run}")
+        try:
+            if kind == "lookalike":
+                run, wall, reused = train_lookalike(method, collection, run, args.minutes)
+            else:
+                run, wall, reused = train_peer(peers, method, collection, run, args.minutes)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc(file=sys.stderr)
+            rows[name] = {**base, "error": f"training failed: {type(exc).__name__}: {exc}"}
+            continue
+        facts = run_facts(run)
+        evaluate(name, f"{run}?pool={DEMO_POOL}", **base, train_minutes=None if wall is None else round(wall, 3),
+                 steps=facts.get("steps"), run_facts=facts, reused=reused, run=str(run) if args.runs_dir else None)
+        if not args.quick and kind == "lookalike":
+            evaluate(f"{name} (pool=avg)", f"{run}?pool=avg", kind="ablation", method=method,
+                     train_minutes=rows[name].get("train_minutes"), steps=facts.get("steps"))
+
+
+def settings_of(args, data, ev: Evaluation, runs: Path, peer_methods, peers, peer_reason) -> dict:
+    import torch
+
+    from app.demo import DEMO_BACKBONE, DEMO_IMAGE_SIZE, DEMO_STEM, demo_config
+
+    cfg = demo_config("simclr", data.collection, runs / "x", args.minutes)
+    return {
+        "quick": args.quick, "minutes_per_method": args.minutes, "methods": list(args.methods),
         "lightly_methods": peer_methods, "lightly_skipped": peer_reason if peers is None else None,
         "data": {"source": data.source, "collection": str(data.collection), "queries": str(data.queries),
                  "collection_images": len(ev.collection.items), "queries_counted": len(ev.query_paths),
@@ -471,24 +340,39 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": {"knn": "retrieval.metrics.knn_accuracy defaults (k=200, T=0.1)",
                     "knn@20": f"knn_accuracy with k={KNN_CLASS_K}, T=0.1 (about one subcategory's size)",
                     "map@10": "one relevant item per query", "goal_metrics": list(HEADLINE)},
-        "runs_dir": args.runs_dir, "total_seconds": round(time.perf_counter() - t_start, 1),
+        "runs_dir": args.runs_dir,
     }
-    path = save_result(quick_name(NAME, args.quick), {"rows": rows, "goal": g}, **settings)
-    try:
-        plot(rows, RESULTS / f"{NAME}{'_quick' if args.quick else ''}.png",
-             f"cross-vendor emoji retrieval ({data.source}), {minutes:g} min per trained row")
-    except Exception as exc:  # noqa: BLE001 - the JSON is what matters
-        _log(f"plot failed: {type(exc).__name__}: {exc}")
-    if args.json:
-        print(path.read_text(), end="")
-    else:
-        print(f"Cross-vendor emoji retrieval: {len(ev.query_paths)} {data.queries.name} queries against "
-              f"{len(ev.collection.items)} {data.collection.name} images; {minutes:g} min per trained row "
-              f"(wall-clock, CPU)\n")
-        print(table(rows))
-        print()
-        print(goal_text(g))
-        print(f"\nwritten: {path.relative_to(ROOT)}, {path.with_suffix('.png').relative_to(ROOT)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    from app.demo import baseline_specs
+    from app.demo_data import prepare_demo_data
+
+    t_start = time.perf_counter()
+    data = prepare_demo_data(args.data, log=_log)
+    ev = Evaluation(data.collection, data.queries, data.meta)
+    _log(f"{data.source} data: {len(ev.collection.items)} collection images, {len(ev.query_paths)} queries "
+         f"with their emoji in the collection ({ev.dropped} without), ground truth by {ev.ground_truth}")
+    random_spec = baseline_specs()["demo-random"]
+    rows: dict[str, dict] = {}
+    evaluate = scorer(ev, rows)
+    baseline_rows(evaluate, random_spec, ablation=not args.quick)
+    peer_methods = [] if args.no_lightly else list(dict.fromkeys(args.lightly_methods))
+    peers, peer_reason = peers_or_reason() if peer_methods else (None, "not asked for")
+    if peer_methods and peers is None:
+        _log(f"lightly rows skipped: {peer_reason}")
+    with work_dir(args.runs_dir, "bench-quality-") as runs:
+        trained_rows(args, evaluate, rows, data.collection, runs, peer_methods, peers, peer_reason)
+    g = goal(rows, random_spec)
+    title = f"cross-vendor emoji retrieval ({data.source}), {args.minutes:g} min per trained row"
+    path = save_result(quick_name(NAME, args.quick), {"rows": rows, "goal": g},
+                       plot=lambda figures, png: plot(figures["rows"], png, title),
+                       **settings_of(args, data, ev, runs, peer_methods, peers, peer_reason),
+                       total_seconds=round(time.perf_counter() - t_start, 1))
+    report(path, args, f"Cross-vendor emoji retrieval: {len(ev.query_paths)} {data.queries.name} queries against "
+           f"{len(ev.collection.items)} {data.collection.name} images; {args.minutes:g} min per trained row "
+           f"(wall-clock, CPU)\n\n{table(rows)}\n\n{goal_text(g)}")
     return 1 if any("error" in r for r in rows.values()) else 0
 
 

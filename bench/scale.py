@@ -10,7 +10,7 @@ Two collections, each indexed with ``random:resnet10t?size=64`` (the demo encode
   on the content (the near-duplicate pairs found: each image has N/D identical copies) is not, and the pass's
   cost (one k-NN search per item) does not depend on it.
 * **fashion** — Debian's ``dataset-fashion-mnist`` (70,000 real 28x28 product photos; ``--quick``: the first
-  N of them), written as PNGs in one sub-folder per class (``bench.fashion_mnist.read_idx``).
+  N of them), written as PNGs in one sub-folder per class (``bench.datasets.load_split``).
 
 Per collection: **scan** (``retrieval.collection.scan``, headers only); **build** (``lookalike index build`` in a
 fresh process: wall seconds, images/s, peak RSS of the process and of its largest decode worker); **refresh**
@@ -25,29 +25,29 @@ k-NN, never an N x N matrix; goal <= 2 min at 100k) and the **map** (``IndexStor
 **disk**: index size, and the thumbnail cache the searches filled (with its mean per thumbnail, times N for a
 cache of every item).
 
-Rerun:  .venv/bin/python bench/scale.py --quick   # 5,000 images per collection (a few minutes)
-        .venv/bin/python bench/scale.py           # 100,000 photos + 70,000 Fashion-MNIST (see settings.wall_s)
+Rerun:  python -m bench.scale --quick   # 5,000 images per collection (a few minutes)
+        python -m bench.scale           # 100,000 photos + 70,000 Fashion-MNIST (see settings.wall_s)
 Writes ``bench/results/scale.json`` (``scale_quick.json`` with ``--quick``). Needs ``apt-get install -y
 dataset-fashion-mnist`` for the second collection (skipped with a note without it).
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import io
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import socket
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import ROOT, quick_name, save_result  # noqa: E402
+from bench.common import (child_main, finish_child, free_port, logger, parser, quick_name, report, save_result,
+                          start_child)
 
 NAME = "scale"
 SPEC = "random:resnet10t?size=64"
@@ -58,27 +58,12 @@ CHANGED = 0.01  # of the files: this many added, as many changed, as many delete
 PACE_S = 0.25  # between two searches while a build or a refresh runs (a person browsing, not a load test)
 K = 10
 GOALS = {"refresh_fraction_of_build": 0.05, "search_p95_ms": 100.0, "near_duplicates_s_at_100k": 120.0}
-# Runs one CLI command in this fresh process; its wall time and peak memory go to stderr's last line.
-RUNNER = """
-import json, resource, sys, time
-from app.cli import main
-t = time.perf_counter()
-rc = main(sys.argv[1:])
-wall = time.perf_counter() - t
-hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))
-kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"rc": rc, "wall_s": wall, "peak_rss_bytes": hwm * 1024, "worker_peak_rss_bytes": kids * 1024}),
-      file=sys.stderr)
-"""
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+log = logger(NAME)
 
 
 # ----- collections -----------------------------------------------------------------------------------------
 def make_photos(folder: Path, work: Path, n: int, distinct: int) -> dict:
-    from bench.embed_throughput import jpeg_files, link_folder, make_jpegs
+    from bench.datasets import jpeg_files, link_folder, make_jpegs
 
     t = time.perf_counter()
     made = make_jpegs(work / "distinct", distinct, size=PHOTO_SIZE)
@@ -87,8 +72,9 @@ def make_photos(folder: Path, work: Path, n: int, distinct: int) -> dict:
 
 
 def make_fashion(folder: Path, n: int | None) -> dict:
-    from bench.fashion_mnist import load_split
     from PIL import Image
+
+    from bench.datasets import load_split
 
     t = time.perf_counter()
     count = 0
@@ -115,7 +101,7 @@ def change_files(folder: Path, work: Path, kind: str) -> dict:
     added = folder / "new"
     added.mkdir()
     if kind == "photos":  # new photos (not links): a changed file is a new inode under the old name
-        from bench.embed_throughput import jpeg_files, make_jpegs
+        from bench.datasets import jpeg_files, make_jpegs
 
         make_jpegs(work / "fresh", 2 * m, size=PHOTO_SIZE, seed=1)
         fresh = jpeg_files(work / "fresh")
@@ -134,23 +120,33 @@ def change_files(folder: Path, work: Path, kind: str) -> dict:
 
 
 # ----- measuring ---------------------------------------------------------------------------------------------
+def run_cli(task: dict) -> dict:
+    """In a fresh process (:func:`bench.common.start_child`): ``lookalike ARGS``, its wall time, peak memory
+    (``VmHWM``; the largest worker's ``ru_maxrss``) and its JSON output."""
+    from app.cli import main
+
+    t = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        rc = main(task["args"])
+    wall = time.perf_counter() - t
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    text = out.getvalue()
+    return {"rc": rc, "wall_s": wall, "peak_rss_bytes": hwm * 1024, "worker_peak_rss_bytes": kids * 1024,
+            "output": json.loads(text) if text.strip().startswith("{") else None}
+
+
 def cli(*args: str, background: bool = False):
     """``lookalike ARGS`` in a fresh process: its figures (:func:`finish`), or the process with ``background``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=ROOT)
+    proc = start_child(__spec__.name, {"args": list(args)})
     return proc if background else finish(proc)
 
 
 def finish(proc: subprocess.Popen) -> dict:
-    out, err = proc.communicate()
-    lines = err.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"command failed ({proc.returncode}): {err[-2000:]}")
-    figures = json.loads(lines[-1])
+    figures = finish_child(proc)
     if figures["rc"] != 0:
-        raise RuntimeError(f"command failed: {err[-2000:]}")
-    return {**figures, "output": json.loads(out) if out.strip().startswith("{") else None}
+        raise RuntimeError(f"command {' '.join(proc.args[-1:])} failed with status {figures['rc']}")
+    return figures
 
 
 def scan_time(folder: Path) -> dict:
@@ -268,12 +264,6 @@ def query_copies(collection: Path, pattern: str, folder: Path) -> list[Path]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def latency(ms: list[float]) -> dict:
     if not ms:
         return {"n": 0}
@@ -332,7 +322,7 @@ def thumbnail_cache(indexes: Path, items: int) -> dict:
 # ----- the run ---------------------------------------------------------------------------------------------------
 def run(args, work: Path) -> dict:
     from app.ui import launch
-    from bench.fashion_mnist import ROOT_DIR
+    from bench.datasets import FASHION_MNIST
     from retrieval.workspace import Workspace
 
     mode = MODES["quick" if args.quick else "full"]
@@ -342,9 +332,9 @@ def run(args, work: Path) -> dict:
     figures["photos"]["collection"] = make_photos(folders["photos"], work, n_photos,
                                                   max(1, n_photos // mode["distinct"]))
     log(f"photos: {figures['photos']['collection']}")
-    kinds = ["photos"] + (["fashion"] if ROOT_DIR.is_dir() else [])
+    kinds = ["photos"] + (["fashion"] if FASHION_MNIST.is_dir() else [])
     if "fashion" not in kinds:
-        figures["fashion"] = {"skipped": f"{ROOT_DIR} missing: apt-get install -y dataset-fashion-mnist"}
+        figures["fashion"] = {"skipped": f"{FASHION_MNIST} missing: apt-get install -y dataset-fashion-mnist"}
     figures["photos"].update(scan_time(folders["photos"]))
     figures["photos"]["build"] = build(folders["photos"], indexes, "photos")
     log(f"photos: scan + build {figures['photos']}")
@@ -397,8 +387,10 @@ def run(args, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="5,000 images per collection (a few minutes)")
+    if child_main(argv, run_cli):
+        return 0
+    started = time.perf_counter()
+    ap = parser(__doc__, quick="5,000 images per collection (a few minutes)", threads=False, seed=None)
     ap.add_argument("--photos", type=int, default=None, help="photos in the generated folder (default 100,000)")
     ap.add_argument("--fashion", type=int, default=None, help="Fashion-MNIST images (default all 70,000)")
     ap.add_argument("--work", default=None, help="where the folders and indexes go (default: a temporary folder)")
@@ -411,14 +403,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     figures["goals"] = GOALS
     settings = {"mode": "quick" if args.quick else "full", "encoder": SPEC, "photo_size": PHOTO_SIZE, "k": K,
-                "changed_fraction": CHANGED, "pace_s": PACE_S, "wall_s": round(time.perf_counter() - T0, 1),
-                "command": "python bench/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+                "changed_fraction": CHANGED, "pace_s": PACE_S, "wall_s": round(time.perf_counter() - started, 1),
+                "command": "python -m bench.scale " + " ".join(sys.argv[1:] if argv is None else argv)}
     path = save_result(quick_name(NAME, args.quick), figures, **settings)
-    log(f"wrote {path}")
-    print(json.dumps(figures, indent=2))
+    report(path, args, json.dumps(figures, indent=2))
     return 0
 
 
-T0 = time.perf_counter()
 if __name__ == "__main__":
     sys.exit(main())

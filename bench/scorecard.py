@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, save_result
+from bench.common import RESULTS, logger, save_result
 
 NAME = "scorecard"
 ROWS = ("pixels", "random:resnet10t?size=64", "random:resnet10t?size=64&pool=grid",
@@ -44,8 +44,7 @@ HEADLINE = {"emoji": "recall@1", "tuxpaint-white": "map@10", "tuxpaint-texture":
 NEAR_BEST = 0.01
 
 
-def _log(msg: str) -> None:
-    print(f"[scorecard] {msg}", file=sys.stderr, flush=True)
+_log = logger("scorecard")
 
 
 def spearman(x, y) -> float | None:
@@ -76,12 +75,12 @@ class Emoji:
 
     def __init__(self, data: Path):
         from app.demo_data import prepare_demo_data
-        from bench.quality import Evaluation
+        from bench.datasets import EmojiPairs
 
         demo = prepare_demo_data(data, log=_log)
         if demo.source != "emoji":
             raise RuntimeError("the emoji could not be fetched (npm): no emoji benchmark")
-        self.ev = Evaluation(demo.collection, demo.queries, demo.meta)
+        self.ev = EmojiPairs(demo.collection, demo.queries, demo.meta)
 
     def __call__(self, encoder) -> tuple[dict, list[str], np.ndarray]:
         from retrieval.embed import embed_collection
@@ -102,11 +101,10 @@ class Tuxpaint:
     """Leave-one-out category retrieval of one of bench/tuxpaint_retrieval.py's sets."""
 
     def __init__(self, folder: Path, background: str, seed: int = 0):
-        from bench.tuxpaint import make_folder
-        from bench.tuxpaint_retrieval import MIN_PER_CATEGORY, SIZE
+        from bench.datasets import make_folder
         from retrieval.collection import scan
 
-        make_folder(folder, MIN_PER_CATEGORY, SIZE, background=background, seed=seed)
+        make_folder(folder, background=background, seed=seed)  # the photo benchmarks' defaults: 8 per category, 256 px
         self.collection = scan(folder, labels=True)
 
     def __call__(self, encoder) -> tuple[dict, list[str], np.ndarray]:

@@ -1,6 +1,6 @@
 """What a gallery of 50 phone-sized results costs the browser: originals (before) vs thumbnails (after).
 
-A folder of 12-MP JPEGs (4000x3000, the synthetic photos of ``bench/embed_throughput.py``) is indexed with
+A folder of 12-MP JPEGs (4000x3000, the synthetic photos of ``bench.datasets.make_jpegs``) is indexed with
 ``pixels``; the app runs in this process on loopback and one of the photos is searched with ``k=50`` through the
 public ``/search`` endpoint (``gradio_client``), then every gallery image is fetched over HTTP, 6 at a time like a
 browser. "Time to a filled gallery" is the search call plus those fetches.
@@ -15,38 +15,27 @@ browser. "Time to a filled gallery" is the search call plus those fetches.
 Bytes are what the browser receives for the gallery (bodies of the image responses). Loopback has no network, so
 the time the bytes would take on a 50 Mbit/s link is given beside.
 
-Rerun:  .venv/bin/python bench/thumbnails.py            # 50 photos, 3 repeats (~3 min on 2 cores)
-        .venv/bin/python bench/thumbnails.py --quick    # 12 photos, 1 repeat
+Rerun:  python -m bench.thumbnails            # 50 photos, 3 repeats (~3 min on 2 cores)
+        python -m bench.thumbnails --quick    # 12 photos, 1 repeat
 Writes ``bench/results/thumbnails.json`` (machine and date included).
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import socket
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import quick_name, save_result  # noqa: E402
-from embed_throughput import make_jpegs  # noqa: E402
+from bench.common import free_port, parser, quick_name, report, save_result
+from bench.datasets import make_jpegs
 
 PHOTO = (4000, 3000)
 QUALITY = 85
 LINK_MBIT = 50  # a good home connection, for the "over a network" column
 PARALLEL = 6  # connections a browser opens to one host
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fetch_all(http, urls: list[str]) -> int:
@@ -131,20 +120,17 @@ def run(photos: int, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="12 photos, one repeat")
-    args = parser.parse_args(argv)
+    args = parser(__doc__, quick="12 photos, one repeat", threads=False, seed=None).parse_args(argv)
     photos, repeats = (12, 1) if args.quick else (50, 3)
     figures = run(photos, repeats)
     path = save_result(quick_name("thumbnails", args.quick), figures, photos=photos, repeats=repeats,
                        photo_size=list(PHOTO), jpeg_quality=QUALITY, parallel_fetches=PARALLEL,
                        mode="quick" if args.quick else "full")
-    for case in ("before", "after_cold", "after_warm"):
-        f = figures[case]
-        print(f"{case:<11} {f['images']} images  {f['mb']:>8.2f} MB  search {f['search_s']:.2f} s  "
-              f"filled gallery {f['time_to_filled_gallery_s']:.2f} s  "
-              f"(+{f[f'transfer_at_{LINK_MBIT}_mbit_s']:.1f} s at {LINK_MBIT} Mbit/s)")
-    print(f"bytes: {figures['bytes_ratio']}x fewer; wrote {path}")
+    lines = [f"{case:<11} {f['images']} images  {f['mb']:>8.2f} MB  search {f['search_s']:.2f} s  "
+             f"filled gallery {f['time_to_filled_gallery_s']:.2f} s  "
+             f"(+{f[f'transfer_at_{LINK_MBIT}_mbit_s']:.1f} s at {LINK_MBIT} Mbit/s)"
+             for case, f in ((c, figures[c]) for c in ("before", "after_cold", "after_warm"))]
+    report(path, args, "\n".join(lines) + f"\nbytes: {figures['bytes_ratio']}x fewer")
     return 0
 
 

@@ -1,16 +1,17 @@
 """Training speed on CPU: images/s of Lookalike's trainer vs lightly's implementation of the same method.
 
-For SimCLR, MoCo v2 and BYOL this runs, back to back, each run in a fresh process, our trainer (``training.trainer.train``
-with the demo's settings, ``app.demo.demo_config``: resnet10t, stem "default", 64 px, batch 128, the demo's
-augmentation overrides and pooling) and the lightly peer (``bench.peers.train_lightly``: lightly's transforms,
-heads, losses and momentum utilities around the same timm backbone, same optimiser and schedule, configured with
-the same augmentation settings) on the same data (the demo collection ``data/demo/emoji/twitter``, 1,911 PNGs), on
-the CPU, both in fp32, with the same number of DataLoader workers (our trainer's rule unless ``--workers``: 1 on 2
-cores) and the same torch thread count. Each run skips ``--warmup`` steps (worker start-up, first-touch
-allocations) and times the next ``--steps`` optimiser steps end to end: ``images/s = steps * batch / seconds``.
-The implementations alternate (ours, lightly, ours, lightly, ...) for ``--rounds`` rounds, so machine noise hits
-both alike; the ratio is computed per round and the median reported. ``--ref GITREF`` also times our trainer as
-of a git revision (its ``training/`` package unpacked to a temp dir) in the same rounds: before/after a change.
+For SimCLR, MoCo v2 and BYOL this runs, back to back, each run in a fresh process, our trainer
+(``training.trainer.train`` with the demo's settings, ``app.demo.demo_config``: resnet10t, stem "default", 64 px,
+batch 128, the demo's augmentation overrides and pooling) and the lightly peer (``bench.peers.train_lightly``:
+lightly's transforms, heads, losses and momentum utilities around the same timm backbone, same optimiser and
+schedule, configured with the same augmentation settings) on the same data (the demo collection
+``data/demo/emoji/twitter``, 1,911 PNGs), on the CPU, both in fp32, with the same number of DataLoader workers (our
+trainer's rule unless ``--workers``: 1 on 2 cores) and the same torch thread count. Each run skips ``--warmup``
+steps (worker start-up, first-touch allocations) and times the next ``--steps`` optimiser steps end to end:
+``images/s = steps * batch / seconds``. The implementations alternate (ours, lightly, ours, lightly, ...) for
+``--rounds`` rounds, so machine noise hits both alike; the ratio is computed per round and the median reported.
+``--ref GITREF`` also times our trainer as of a git revision (its ``training/`` package unpacked to a temp dir) in
+the same rounds: before/after a change.
 
 On a CPU with native bf16 (AMX / AVX512-BF16) our trainer's default precision (``auto``) is bf16 autocast, which
 lightly's examples do not use; the full run therefore also times ours in bf16 in the same rounds (``--bf16``), a
@@ -36,38 +37,33 @@ listed in ``bench/peers.py`` (e.g. lightly's SimCLR head has an output BatchNorm
 batch shuffling where ours computes BN in 4 chunks). torch.compile is not used by either: compiling the training
 step took longer than the demo's whole 3-minute budget on 2 cores.
 
-Rerun:  .venv/bin/python bench/train_throughput.py --quick      # ~5 min on a quiet 2-core machine: 1 round,
-                                                                # 2 warm-up + 6 timed steps per run
-        .venv/bin/python bench/train_throughput.py              # 3 rounds, 3 warm-up steps + one epoch (14 steps)
-        .venv/bin/python bench/train_throughput.py --json       # {"method": {"lookalike_ips", "peer_ips", "ratio"}}
-        .venv/bin/python bench/train_throughput.py --ref 07cbce4~1   # + our trainer before the speed changes
-Writes bench/results/train_throughput.json (figures, settings, machine, date) and train_throughput.png.
+Rerun:  python -m bench.train_throughput --quick      # ~5 min on a quiet 2-core machine: 1 round,
+                                                      # 2 warm-up + 6 timed steps per run
+        python -m bench.train_throughput              # 3 rounds, 3 warm-up steps + one epoch (14 steps)
+        python -m bench.train_throughput --ref 07cbce4~1   # + our trainer before the speed changes
+Writes bench/results/train_throughput[_quick].json (figures, settings, machine, date) and its .png.
 Other jobs sharing the CPU slow both sides, and our trainer less than lightly or more depending on what they do;
 compare the ratios, which are measured back to back.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from bench.common import RESULTS, ROOT, pyplot, save_figure, save_result  # noqa: E402
-from bench.peers import lightly_available, lightly_transform, train_lightly  # noqa: E402
+from bench.common import (ROOT, child_main, lightly_version, logger, parser, pyplot, quick_name, report, run_child,
+                          save_figure, save_result, setup)
+from bench.peers import lightly_available, lightly_transform, train_lightly
 
 NAME = "train_throughput"
+log = logger(NAME)
 METHODS = ("simclr", "moco", "byol")
 GOAL = 1.3
 DATA = ROOT / "data" / "demo" / "emoji" / "twitter"
@@ -301,7 +297,6 @@ def trainer_at(ref: str, tmp: Path) -> str:
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         tar.extractall(tmp / "ref", filter="data")
     (tmp / "ref" / "training").rename(tmp / "ref" / name)
-    sys.path.insert(0, str(tmp / "ref"))
     return name
 
 
@@ -384,17 +379,15 @@ def plot(figures: dict, path: Path, ref: str | None = None) -> None:
 
 
 def in_child(side: str, method: str, **kw) -> dict:
-    """One run (``side`` = ``ours`` / ``peer``) in a fresh process of this script, so each implementation runs as
-    its users run it: ours as a Lookalike process (allocator tuned, :mod:`retrieval.allocator`), lightly's with
-    the allocator as it comes (``LOOKALIKE_ALLOCATOR=system``: nothing of ours tunes the peer's process)."""
-    env = {**os.environ, **({"LOOKALIKE_ALLOCATOR": "system"} if side == "peer" else {})}
-    task = json.dumps({"side": side, "method": method, **{k: str(v) if isinstance(v, Path) else v
-                                                           for k, v in kw.items()}})
-    proc = subprocess.run([sys.executable, __file__, "--child", task], capture_output=True, text=True, env=env,
-                          cwd=ROOT)
-    if proc.returncode:
-        raise RuntimeError(f"{side} {method} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """One run (``side`` = ``ours`` / ``peer``) in a fresh process (:func:`bench.common.run_child`), so each
+    implementation runs as its users run it: ours as a Lookalike process (allocator tuned, :mod:`retrieval.allocator`),
+    lightly's with the allocator as it comes (``LOOKALIKE_ALLOCATOR=system``: nothing of ours tunes the peer's
+    process). A ``package`` made by :func:`trainer_at` is found on the child's ``PYTHONPATH``."""
+    env = {"LOOKALIKE_ALLOCATOR": "system"} if side == "peer" else {}
+    if kw.get("package"):
+        env["PYTHONPATH"] = str(Path(kw["tmp"]) / "ref")
+    task = {"side": side, "method": method, **{k: str(v) if isinstance(v, Path) else v for k, v in kw.items()}}
+    return run_child(__spec__.name, task, env)
 
 
 def child(task: dict) -> dict:
@@ -404,27 +397,21 @@ def child(task: dict) -> dict:
     if task["side"] == "peer":
         return run_peer(task["method"], data, tmp, task["settings"], task["workers"], task["warmup"],
                         task["steps"], task["channels_last"])
-    package = task.get("package") or "training"
-    if package != "training":  # a copy made by trainer_at, unpacked under tmp/ref
-        sys.path.insert(0, str(tmp / "ref"))
+    package = task.get("package") or "training"  # or a copy made by trainer_at, on this child's PYTHONPATH
     return run_ours(task["method"], data, tmp, task["workers"], task["warmup"], task["steps"], package,
                     task.get("precision", "fp32"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--child":
-        print(json.dumps(child(json.loads(sys.argv[2]))))
+    if child_main(argv, child):
         return 0
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1 round, 2 warm-up + 6 timed steps (< 5 min)")
-    ap.add_argument("--json", action="store_true", help="print {method: {lookalike_ips, peer_ips, ratio}}")
+    ap = parser(__doc__, quick="1 round, 2 warm-up + 6 timed steps (< 5 min)", seed=None)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--rounds", type=int, default=None, help="ours/lightly pairs per method (default 3, quick 1)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per run (default 3, quick 2)")
     ap.add_argument("--steps", type=int, default=None,
                     help="timed steps per run (default: one epoch of the data, 14 for the demo set; quick 6)")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers for both (default: our rule)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     ap.add_argument("--peer-channels-last", action="store_true", help="give the lightly model channels-last too")
     ap.add_argument("--data", default=str(DATA), help="image folder (default: the demo collection)")
     ap.add_argument("--no-costs", action="store_true", help="skip the per-image worker cost table")
@@ -433,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(auto: when it does)")
     ap.add_argument("--ref", default=None, metavar="GITREF",
                     help="also time our trainer as of this git revision (before/after a change), same rounds")
-    args = ap.parse_args(argv)
+    args = setup(ap.parse_args(argv))
     rounds = args.rounds or (1 if args.quick else 3)
     warmup = args.warmup or (2 if args.quick else 3)
     if not lightly_available():
@@ -444,18 +431,15 @@ def main(argv: list[str] | None = None) -> int:
         from app.demo_data import prepare_demo_data
 
         data = Path(prepare_demo_data(ROOT / "data" / "demo").collection)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from retrieval.collection import scan
-    from training.trainer import _default_workers
+    from retrieval.precision import cpu_has_native_bf16
+    from training.data import default_workers
 
     settings = demo_settings()
     n_images = len(scan(data).items)
-    workers = args.workers if args.workers is not None else _default_workers(n_images, settings["batch_size"])
+    workers = args.workers if args.workers is not None else default_workers(n_images, settings["batch_size"])
     # a whole epoch per timed window: each includes exactly one of our epoch-end checkpoints, as a long run does
     steps = args.steps or (6 if args.quick else max(2, n_images // settings["batch_size"]))
-
-    from training.trainer import cpu_has_native_bf16
 
     with_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and not args.quick and cpu_has_native_bf16())
     results: dict = {m: [] for m in args.methods}
@@ -464,15 +448,15 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(rounds):
             for method in args.methods:
                 run = {}
-                common = {"data": data, "tmp": tmp, "workers": workers, "warmup": warmup, "steps": steps,
+                shared = {"data": data, "tmp": tmp, "workers": workers, "warmup": warmup, "steps": steps,
                           "threads": args.threads}
                 if ref_package:
-                    run["ref"] = in_child("ours", method, package=ref_package, **common)
-                run["ours"] = in_child("ours", method, **common)
+                    run["ref"] = in_child("ours", method, package=ref_package, **shared)
+                run["ours"] = in_child("ours", method, **shared)
                 if with_bf16:
-                    run["bf16"] = in_child("ours", method, precision="bf16", **common)
+                    run["bf16"] = in_child("ours", method, precision="bf16", **shared)
                 run["peer"] = in_child("peer", method, settings=settings, channels_last=args.peer_channels_last,
-                                       **common)
+                                       **shared)
                 results[method].append(run)
                 ours, peer = run["ours"]["images_per_s"], run["peer"]["images_per_s"]
                 line = (f"round {r + 1}/{rounds} {method}: Lookalike {ours:.1f} img/s, lightly {peer:.1f} img/s "
@@ -481,27 +465,16 @@ def main(argv: list[str] | None = None) -> int:
                     line += f"; Lookalike bf16 {run['bf16']['images_per_s']:.1f} img/s"
                 if ref_package:
                     line += f"; Lookalike at {args.ref} {run['ref']['images_per_s']:.1f} img/s"
-                print(line, file=sys.stderr, flush=True)
+                log(line)
     costs = None if args.no_costs else worker_costs(data, settings, 64 if args.quick else 256)
     figures = summarise(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(figures, RESULTS / f"{NAME}.png", args.ref)
-    save_result(NAME, figures, worker_costs=costs, quick=args.quick, rounds=rounds, warmup_steps=warmup,
-                timed_steps=steps, workers=workers, torch_threads=torch.get_num_threads(), precision="fp32",
-                also_bf16=with_bf16, device="cpu", data=str(data), images=n_images, peer="lightly " + _lightly_version(),
-                peer_channels_last=args.peer_channels_last, goal_ratio=GOAL, ref=args.ref, **settings)
-    if args.json:
-        print(json.dumps({m: {k: f[k] for k in ("lookalike_ips", "peer_ips", "ratio")}
-                          for m, f in figures.items()}, indent=2))
-    else:
-        print(table(figures, costs))
+    path = save_result(quick_name(NAME, args.quick), figures, plot=lambda f, png: plot(f, png, args.ref),
+                       worker_costs=costs, quick=args.quick, rounds=rounds, warmup_steps=warmup, timed_steps=steps,
+                       workers=workers, torch_threads=torch.get_num_threads(), precision="fp32", also_bf16=with_bf16,
+                       device="cpu", data=str(data), images=n_images, peer="lightly " + lightly_version(),
+                       peer_channels_last=args.peer_channels_last, goal_ratio=GOAL, ref=args.ref, **settings)
+    report(path, args, table(figures, costs))
     return 0
-
-
-def _lightly_version() -> str:
-    import lightly
-
-    return str(getattr(lightly, "__version__", "unknown"))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Category retrieval on real photographs: the Tux Paint photo cut-outs, composited on white and on textures.
 
-The photos of every Tux Paint category with at least 8 of them (``bench/tuxpaint.py``: 277 photos in 18
+The photos of every Tux Paint category with at least 8 of them (``bench.datasets.make_folder``: 277 photos in 18
 categories with the Debian package of 2026) are written twice into a temp folder: on white (centred, 5% margin) and
 on generated photo-like textures (seeded by ``--seed`` and each stamp's path: a smooth colour field, value noise,
 sometimes stripes, blur and grain; the object 55–85% of the side at a random place). Each composite is scored
@@ -14,25 +14,21 @@ category. Columns, for each set (``white/…``, ``texture/…``):
   similarities are), and ``knn@20``, the same vote among the 20 nearest.
 
 Trained rows train on both sets together (554 images, no labels): the collection a user would index, transductive.
-Rows, budget and result files: ``bench/photos.py``. The stamps are GPL-2: nothing derived from them is kept.
+Rows, budget and result files: :mod:`bench.photos`. The stamps are GPL-2: nothing derived from them is kept.
 
-Rerun:  .venv/bin/python bench/tuxpaint_retrieval.py --quick --groups baselines   # untrained rows, ~3 min
-        .venv/bin/python bench/tuxpaint_retrieval.py --quick                      # every row, 0.25 min each
-        .venv/bin/python bench/tuxpaint_retrieval.py --minutes 3 --runs-dir runs/bench-tuxpaint
+Rerun:  python -m bench.tuxpaint_retrieval --quick --groups baselines   # untrained rows, ~3 min
+        python -m bench.tuxpaint_retrieval --minutes 3 --runs-dir runs/bench-tuxpaint
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import photos  # noqa: E402
-from bench.tuxpaint import check_installed, make_folder  # noqa: E402
+from bench import photos
+from bench.common import timed
+from bench.datasets import check_installed, make_folder
 
 NAME = "tuxpaint_retrieval"
 SETS = ("white", "texture")
@@ -51,9 +47,7 @@ def score_folder(encoder, folder: Path) -> dict:
 
     collection = scan(folder, labels=True)
     label = {it.path: it.label or "" for it in collection.items}
-    t0 = time.perf_counter()
-    emb = embed_collection(encoder, collection, progress=False)
-    seconds = time.perf_counter() - t0
+    seconds, emb = timed(embed_collection, encoder, collection, progress=False)
     labels = [label[p] for p in emb.paths]
     out = evaluate_labelled(emb.vectors, labels)
     out["knn@20"] = knn_accuracy(emb.vectors, labels, emb.vectors, labels, k=KNN_SMALL_K, exclude_self=True)
@@ -61,9 +55,7 @@ def score_folder(encoder, folder: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    photos.add_arguments(ap)
-    args = ap.parse_args(argv)
+    args = photos.photo_parser(__doc__).parse_args(argv)
     check_installed()
     with tempfile.TemporaryDirectory(prefix="bench-tuxpaint-") as tmp:
         root = Path(tmp) / "photos"

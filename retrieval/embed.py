@@ -27,7 +27,7 @@ class EmbedResult:
     vectors: np.ndarray  # (N, dim) float32, L2-normalised
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
-    forward_threads: int = 0  # torch threads the forward ran on after the first batch (see _ForwardThreads)
+    forward_threads: int = 0  # torch threads the forward ran on after the first batch (see ForwardThreads)
 
     @property
     def images_per_s(self) -> float:
@@ -45,7 +45,7 @@ def decode_size(encoder: Encoder) -> int:
     return encoder.image_size
 
 
-class _ImageFiles(Dataset):
+class ImageFiles(Dataset):
     """Decodes one file to the encoder's uint8 input; a bad file yields its reason instead of raising."""
 
     def __init__(self, root: Path, paths: list[str], encoder: Encoder):
@@ -103,7 +103,7 @@ _threads_users = 0
 _threads_saved = 0
 
 
-class _ForwardThreads:
+class ForwardThreads:
     """Narrows torch's intra-op threads for one embedding run, then restores them (see the note above).
 
     torch's thread count is per calling thread for OpenMP but also seeds threads started later, so concurrent runs
@@ -117,7 +117,7 @@ class _ForwardThreads:
                        and torch.get_num_threads() > self.narrow)
         self.saved = 0
 
-    def __enter__(self) -> "_ForwardThreads":
+    def __enter__(self) -> "ForwardThreads":
         global _threads_users, _threads_saved
         if self.active:
             with _threads_lock:
@@ -163,14 +163,14 @@ def embed_collection(encoder: Encoder, collection: Collection, paths: list[str] 
     vectors = np.zeros((n, encoder.dim), np.float32)
     ok = np.zeros(n, bool)
     skipped: list[Skipped] = []
-    loader = DataLoader(_ImageFiles(Path(collection.root), paths, encoder), batch_size=batch_size,
+    loader = DataLoader(ImageFiles(Path(collection.root), paths, encoder), batch_size=batch_size,
                         num_workers=workers, collate_fn=_collate, shuffle=False,
                         pin_memory=encoder.device.type == "cuda", persistent_workers=False,
                         prefetch_factor=4 if workers else None)
     start = time.perf_counter()
     done = 0
     with tqdm(total=n, desc=desc, unit="img", disable=not progress, file=sys.stderr, leave=False) as bar, \
-            _ForwardThreads(encoder, workers) as threads:
+            ForwardThreads(encoder, workers) as threads:
         for idx, tensors, bad, decode_s in loader:
             if tensors is not None:
                 t0 = time.thread_time()

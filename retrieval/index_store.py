@@ -37,8 +37,8 @@ from .collection import Item, Skipped
 from .errors import LookalikeError
 from .fsutil import fsync_path, now_iso
 from .identity import identity_matches, mismatch_error
-from .index_kinds import INDEX_TYPES, KINDS, Plan, build, check_type, plan, search_parameters, target_kind
-from .index_kinds import (HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, TOMBSTONE_REBUILD_FRACTION,  # noqa: F401 - re-exported, tests and benchmarks read the parameters here
+from .index_kinds import INDEX_TYPES, KINDS, build, check_type, plan
+from .index_kinds import (HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, TOMBSTONE_REBUILD_FRACTION,  # noqa: F401 - re-exported, tests read the parameters here
                           TRAIN_SAMPLE, pq_m)
 from .store_changes import Change, apply_update, dedupe, insert_items, replace_skipped
 from .store_files import (FORMAT_VERSION, MANIFEST, clean_leftovers, crash_point, describe, dir_lock, gone_error,
@@ -49,12 +49,6 @@ from .store_state import Hit, State, load_rows, load_state, prepare_vectors, sea
 __all__ = ["IndexStore", "Hit", "list_indexes", "validate_name", "INDEX_TYPES", "FORMAT_VERSION", "MANIFEST"]
 
 SEARCH_CHUNK = 1024  # queries per FAISS call, bounds the over-fetch buffers
-# The names this module had before it was split, for code written against them (bench/index_bench.py).
-AUTO_HNSW_FROM = KINDS["hnsw"].auto_from
-AUTO_IVFPQ_FROM = KINDS["ivfpq"].auto_from
-MIN_TRAIN = {name: k.min_train for name, k in KINDS.items() if k.min_train}
-_State, _Plan, _Change = State, Plan, Change
-_plan, _build, _target_kind, _search_params, _pq_m = plan, build, target_kind, search_parameters, pq_m
 _apply_update = apply_update  # looked up here at each change (tests wrap it)
 
 

@@ -66,3 +66,75 @@ def test_the_scan_sees_relative_and_nested_imports(tmp_path):
                      encoding="utf-8")
     assert [m for _, m in imported_modules(probe, package=("retrieval",))] == ["retrieval", "training", "app.cli"]
     assert [m for _, m in imported_modules(probe, package=("retrieval",), top_level=True)] == ["retrieval"]
+
+
+# ---------------------------------------------------------------------------------------------------- bench/
+def bench_imports(root: Path = REPO) -> dict[str, list[tuple[int, str]]]:
+    """bench module -> (line, name) of every bench module or module attribute it imports, anywhere in the file
+    (``from bench import photos`` is ``bench.photos``; ``from bench.common import ROOT`` is ``bench.common.ROOT``)."""
+    out = {}
+    for path in sorted((root / "bench").rglob("*.py")):
+        found = []
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "bench":
+                found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+            elif isinstance(node, ast.Import):
+                found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "bench"]
+        out[".".join(path.relative_to(root).with_suffix("").parts)] = found
+    return out
+
+
+def bench_graph(root: Path = REPO) -> dict[str, set[str]]:
+    """bench module -> the bench modules it imports."""
+    imports = bench_imports(root)
+    return {module: {next((m for m in (name, name.rsplit(".", 1)[0]) if m in imports), name) for _, name in found}
+            - {module} for module, found in imports.items()}
+
+
+def bench_problems(root: Path = REPO, scripts: set[str] | None = None) -> list[str]:
+    """A benchmark script imported by another bench file, a private name imported from a bench module, a circle."""
+    if scripts is None:
+        from bench.registry import BENCHMARKS, module
+
+        scripts = {module(name) for name in BENCHMARKS}
+    graph = bench_graph(root)
+    wrong = [f"{m} imports the benchmark {other}" for m, imports in graph.items() for other in imports
+             if other in scripts]
+    wrong += [f"{m}:{line} imports the private {name}" for m, found in bench_imports(root).items()
+              for line, name in found if name.rsplit(".", 1)[-1].startswith("_")]
+    done: set[str] = set()
+
+    def visit(module: str, stack: tuple[str, ...]) -> None:
+        if module in stack:
+            wrong.append("import circle: " + " -> ".join((*stack[stack.index(module):], module)))
+        elif module not in done:
+            done.add(module)
+            for other in sorted(graph.get(module, ())):
+                visit(other, (*stack, module))
+
+    for module in graph:
+        visit(module, ())
+    return wrong
+
+
+def test_no_benchmark_file_touches_sys_path():
+    wrong = [f"{path.relative_to(REPO)}:{node.lineno}" for path in sources("bench")
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", None) == "sys"]
+    assert not wrong, "sys.path in " + ", ".join(wrong)
+
+
+def test_benchmarks_import_shared_modules_not_each_other_no_privates_no_circle():
+    assert not bench_problems(), "\n".join(bench_problems())
+
+
+def test_the_bench_checks_can_fail(tmp_path):
+    # Two made-up scripts importing each other, one through a private name, one inside a function.
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "a.py").write_text("from bench.b import _x\n", encoding="utf-8")
+    (tmp_path / "bench" / "b.py").write_text("def f():\n    from bench import a\n", encoding="utf-8")
+    assert bench_graph(tmp_path) == {"bench.a": {"bench.b"}, "bench.b": {"bench.a"}}
+    problems = bench_problems(tmp_path, scripts={"bench.a"})
+    assert "bench.b imports the benchmark bench.a" in problems
+    assert "bench.a:1 imports the private bench.b._x" in problems
+    assert any(p.startswith("import circle: bench.a -> bench.b -> bench.a") for p in problems)

@@ -14,7 +14,7 @@ Here the recipe runs in two places:
   ``uint8`` batch (B, 3, S, S) in the training process, on the training device, with independent random
   parameters per sample drawn as (B,)-shaped tensors. On 2 CPU cores this is about 5x faster than running the
   same torchvision v2 ops image by image (64 px, batch 256: ~4,100 vs ~770 images/s, tensors or PIL alike;
-  ``python bench/augment_throughput.py 2`` measures it), and on a GPU it is nearly free (~50,000 images/s).
+  ``python -m bench.augment_throughput --threads 2`` measures it), and on a GPU it is nearly free (~50,000 images/s).
 
 Randomness comes only from torch: the global generator or an explicit ``torch.Generator``. ``BatchAugment``
 draws all its numbers on the CPU, so a seed gives the same augmentation on any device.

@@ -58,13 +58,11 @@ from retrieval.runformat import STATE_VERSION
 
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
-from .data import default_workers as _default_workers  # noqa: F401 - re-exported: the benchmarks import it from here
 from .distributed import Distributed
 from .optim import LARS, get_lr, set_lr
 from .optim import LR_FLOOR  # noqa: F401 - re-exported: tests read the schedule's floor beside get_lr here
 from .rundir import append_metrics, encoder_meta
 from .runtime import GracefulStop, get_rng_state, resolve_precision
-from .runtime import cpu_has_native_bf16  # noqa: F401 - re-exported: the benchmarks import it from here
 from .settings import DEFAULT_BACKBONE, DEFAULT_STEM
 from .setup import Run, TrainState, setup_run
 

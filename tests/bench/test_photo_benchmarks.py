@@ -11,9 +11,8 @@ import pytest
 from PIL import Image
 
 from bench import photos
-from bench.copy_detection import EDITS, SINGLE, _crop, edit, query_edit, split_photos
-from bench.fashion_mnist import read_idx, subsample
-from bench.tuxpaint import composite_on_texture
+from bench.copy_detection import EDITS, SINGLE, edit, query_edit, split_photos
+from bench.datasets import composite_on_texture, read_idx, subsample
 from retrieval.errors import LookalikeError
 
 
@@ -90,7 +89,7 @@ def test_copy_edits_are_deterministic_and_change_the_image(stamp):
 def test_crop_keeps_30_to_70_percent_of_the_area():
     img = Image.new("RGB", (200, 160))
     for i in range(50):
-        w, h = _crop(img, np.random.default_rng(i)).size
+        w, h = SINGLE["crop"](img, np.random.default_rng(i)).size
         assert 0.28 <= w * h / (200 * 160) <= 0.72
 
 
@@ -123,15 +122,13 @@ def test_a_row_needing_a_missing_trainer_feature_says_so():
 def test_lightly_from_pretrained_is_refused_with_the_reason_when_the_peer_takes_no_init(monkeypatch, tmp_path):
     import types
 
-    from bench import quality
-
     calls = []
 
     def train_lightly(method, data_dir, out, *, backbone, stem, image_size, batch_size, minutes, progress):
         calls.append(method)
         return out
 
-    monkeypatch.setattr(quality, "_peers", lambda: (types.SimpleNamespace(train_lightly=train_lightly), None))
+    monkeypatch.setattr(photos, "peers_or_reason", lambda: (types.SimpleNamespace(train_lightly=train_lightly), None))
     row = next(r for r in photos.plan(["lightly"], []) if "init" in r.peer)
     with pytest.raises(photos.NeedsTrainerFeature, match="takes no init"):
         photos.train_peer_row(row, tmp_path, tmp_path / "run", 0.1)
@@ -141,7 +138,6 @@ def test_lightly_from_pretrained_is_refused_with_the_reason_when_the_peer_takes_
 def test_lightly_from_pretrained_gets_the_init_and_the_fine_tuning_batch(monkeypatch, tmp_path):
     import types
 
-    from bench import quality
     from training.settings import FINETUNE_DEFAULTS, setting
 
     calls = []
@@ -152,7 +148,7 @@ def test_lightly_from_pretrained_gets_the_init_and_the_fine_tuning_batch(monkeyp
                       "image_size": image_size})
         return out
 
-    monkeypatch.setattr(quality, "_peers", lambda: (types.SimpleNamespace(train_lightly=train_lightly), None))
+    monkeypatch.setattr(photos, "peers_or_reason", lambda: (types.SimpleNamespace(train_lightly=train_lightly), None))
     scratch, from_init = photos.plan(["lightly"], [])
     photos.train_peer_row(from_init, tmp_path, tmp_path / "a", 0.1)
     photos.train_peer_row(scratch, tmp_path, tmp_path / "b", 0.1)
@@ -178,7 +174,6 @@ def test_goals_compare_rows_on_every_headline_metric():
 
 
 def test_parts_run_apart_merge_into_one_result_in_table_order_the_last_part_winning(monkeypatch, tmp_path):
-    import argparse
     import json
 
     from bench import common
@@ -192,8 +187,7 @@ def test_parts_run_apart_merge_into_one_result_in_table_order_the_last_part_winn
     part("b", {"simclr from x": {"group": "pretrained", "m": 0.6}, "lightly-simclr": {"group": "lightly", "m": 0.2}})
     part("a", {"pixels": {"group": "baselines", "m": 0.1}, "timm:x": {"group": "baselines", "m": 0.5},
                "simclr": {"group": "scratch", "m": 0.3}})
-    ap = argparse.ArgumentParser()
-    photos.add_arguments(ap)
+    ap = photos.photo_parser("t")
     assert photos.run_benchmark("bench", ap.parse_args(["--merge", "b", "a", "--json"]), None, None, ("m",), ("m",),
                                 "t") == 0
     merged = json.loads((tmp_path / "bench.json").read_text())

@@ -178,7 +178,7 @@ def test_a_new_index_kind_is_one_row_of_the_table(tmp_path, monkeypatch):
 
 
 def test_pq_subquantizers_divide_dim():
-    assert [ist._pq_m(d) for d in (32, 512, 768, 2048, 3, 30)] == [8, 64, 64, 64, 1, 6]
+    assert [index_kinds.pq_m(d) for d in (32, 512, 768, 2048, 3, 30)] == [8, 64, 64, 64, 1, 6]
 
 
 # ----- mutations -------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from bench.tuxpaint import STAMPS, composite_on_white
+from bench.datasets import STAMPS, composite_on_white
 from retrieval import pretrained
 from retrieval.encoders import identity_matches, load_encoder, sha256_file
 from retrieval.errors import LookalikeError, WeightsUnavailableError
@@ -183,7 +183,7 @@ def test_load_init_refuses_specs_without_trained_weights(spec):
 
 
 def test_the_tuxpaint_folder_keeps_photo_categories_composited_on_white(tmp_path):
-    from bench.tuxpaint import make_folder
+    from bench.datasets import make_folder
 
     stamp = Image.new("RGBA", (40, 20), (0, 0, 0, 0))
     stamp.paste((200, 0, 0, 255), (10, 5, 30, 15))  # a 20x10 red cut-out in a transparent margin
