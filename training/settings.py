@@ -27,7 +27,7 @@ from retrieval.identity import POOLS, STEMS
 __all__ = ["Setting", "SETTINGS", "setting", "choices_of", "check_value", "TrainConfig", "ui_settings", "UI_PRESET",
            "ui_default", "add_arguments", "config_from_args", "config_from_values", "DEFAULT_BACKBONE",
            "DEFAULT_STEM", "OPTIMIZERS", "PRECISIONS", "DEVICES", "BATCHNORM", "FINETUNE_DEFAULTS",
-           "STUDENT_SIZE", "SCRATCH", "default_init"]
+           "STUDENT_SIZE", "SCRATCH", "default_init", "HEAD_WARMUP"]
 
 # resnet10t (ResNet-10 with a 3-conv "tiered" stem) with timm's default stem. Measured on 2 CPU cores at 64 px,
 # SimCLR, batch 128, 2-minute budget, kNN accuracy on 16 held-out synthetic classes: resnet10t 0.44 (~57 img/s
@@ -64,6 +64,12 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
 # margin. 2 minutes of distillation from Lite0 (11 steps) took it from mAP@10 0.403 (the pretrained weights at
 # 112 px) to 0.428, 0.90 of the teacher's 0.478 (at 128 px, 9 steps: 0.418 to 0.434, 0.91).
 STUDENT_SIZE = 0.5
+# LP-FT (Kumar et al. 2022): a fine-tune first trains only its new, random heads with the backbone frozen, so their
+# first, large gradients do not distort the pretrained features. A tenth of the run: the span of the learning rate's
+# own warm-up (never more than a tenth of the run), so the backbone joins at the peak rate with heads that already
+# point somewhere; the frozen steps are cheap (no backward through the backbone). Not tuned per method: see
+# docs/keep-best-and-sweep.md for what the quick runs could and could not show.
+HEAD_WARMUP = 0.1
 BATCHNORM = ("auto", "batch", "frozen")
 _WEIGHTS_RULE = "a pretrained spec (timm:NAME, e.g. timm:tf_efficientnet_lite0) or a training run directory"
 
@@ -145,6 +151,12 @@ SETTINGS: tuple[Setting, ...] = (
             choices=OPTIMIZERS, fixed=True),
     Setting("warmup_epochs", float, 1.0, "epochs of linear warm-up (never more than a tenth of the run)",
             valid=lambda v: v >= 0, rule=">= 0", fixed=True),
+    Setting("head_warmup", float, HEAD_WARMUP, "with --init: the share of the run that trains only the new heads "
+            "(projector, predictor) with the backbone frozen, before the whole network trains (LP-FT); 0 turns it "
+            "off", valid=lambda v: 0 <= v < 1, rule="a number from 0 to below 1", fixed=True),
+    Setting("keep_best", bool, True, "with --init: score a held-out sample of the folder with the label-free "
+            "scorecard at the start and at checkpoints, and keep the best as the run's encoder (the start unless a "
+            "checkpoint beats it beyond its bootstrap interval)", fixed=True),
     Setting("seed", int, 0, "seed of the views, the batch order and the initial weights",
             valid=lambda v: v >= 0, rule="a non-negative integer", fixed=True),
     Setting("out", str, None, "run directory (default runs/METHOD-BACKBONE-TIME)"),

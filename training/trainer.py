@@ -59,10 +59,13 @@ from retrieval.fsutil import now_iso
 from retrieval.runformat import STATE_VERSION
 
 from .checkpoint import save_checkpoint
+from .keep_best import KeepBest
+from .lpft import HeadWarmup
 from .config import TrainConfig
 from .data import TrainingData, data_fingerprint, open_data
 from .data import default_workers as _default_workers  # noqa: F401 (the benchmarks import it from here)
 from .distributed import Distributed, sync_batchnorm, wrap_ddp
+from . import keep_best, lpft
 from .finetune import Sources, freeze_batchnorm, freeze_layers, frozen_layers, resolve_sources
 from .monitor import KnnMonitor
 from .optim import LARS, LR_FLOOR, default_lr, default_weight_decay, get_lr, make_optimizer, set_lr  # noqa: F401
@@ -105,6 +108,8 @@ class Run:
     on_log: Callable[[dict], None] | None
     show: bool
     sources: Sources  # what the run started from (--init) and learns from (--teacher)
+    warmup: HeadWarmup | None = None  # LP-FT: the heads train alone first (training.lpft)
+    keep: KeepBest | None = None  # the best scored weights are the run's encoder (training.keep_best)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -187,6 +192,8 @@ def _loop(run: Run, st: TrainState, stop: GracefulStop) -> None:
                disable=not (run.ddp.main and run.show), file=sys.stderr, dynamic_ncols=True)
     if not st.resumed:
         _knn(run, st, 0.0)  # the untrained starting point
+    if run.keep is not None:
+        run.keep.begin(run.method.backbone, st.step)
     st.finished = run.progress_at(st.step, st.elapsed_before) >= 1.0
     if st.finished:
         run.say(f"{run.run_dir} has already finished its schedule (step {st.step}); raise --epochs or --minutes "
@@ -225,6 +232,8 @@ def _loop(run: Run, st: TrainState, stop: GracefulStop) -> None:
     else:
         run.say(f"finished {run.cfg.method} on {len(run.data.collection.items)} images: step {st.step}, "
                 f"checkpoint in {run.run_dir}")
+    if run.keep is not None:
+        run.say(run.keep.summary())
 
 
 def _epoch_batches(run: Run, st: TrainState, stop: GracefulStop) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -260,6 +269,8 @@ def _epoch_batches(run: Run, st: TrainState, stop: GracefulStop) -> Iterator[tup
 def _step(run: Run, st: TrainState, x1: torch.Tensor, x2: torch.Tensor, stop: GracefulStop) -> bool:
     """One optimiser step; returns whether any rank asked to stop."""
     device_type, dtype = run.ddp.device.type, run.amp_dtype
+    if run.warmup is not None:
+        run.warmup(run.progress_at(st.step, st.clock))
     with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
         loss = run.model(x1, x2)
     run.optimizer.zero_grad(set_to_none=True)
@@ -328,7 +339,11 @@ def _checkpoint(run: Run, st: TrainState, finished_run: bool) -> None:
     }
     meta = encoder_meta(run.cfg, run.dim, run.data.views, run.data.collection, run.fingerprint, st.metrics,
                         st.bad_files, st.step, st.epoch, st.created, finished_run, run.sources.record)
-    save_checkpoint(run.run_dir, run.method.backbone, state, meta)
+    backbone = run.method.backbone
+    if run.keep is not None:  # the weights exported as the run's encoder are the best scored so far
+        backbone = run.keep.checkpoint(backbone, st.step, time.perf_counter() - st.t0, finished_run, st.stopping,
+                                       state, meta)
+    save_checkpoint(run.run_dir, backbone, state, meta)
     st.saved_step = st.step
 
 
@@ -378,6 +393,7 @@ def _setup(cfg: TrainConfig, ddp: Distributed, show: bool, on_log: Callable[[dic
               base_lr=base_lr, dim=dim, fingerprint=data_fingerprint(data.collection), monitor=monitor, say=say,
               on_log=on_log, show=show, sources=sources)
     st = TrainState() if state is None else _restore(run, state, weight_decay)
+    run.warmup, run.keep = lpft.for_run(run), keep_best.for_run(run, state)
     if ddp.world > 1:
         run.model = wrap_ddp(method, ddp)
     prepare_run_dir(run_dir, state, ddp)
