@@ -34,7 +34,7 @@ from retrieval.errors import LookalikeError
 from retrieval.fsutil import atomic_write_bytes, atomic_write_json, now_iso
 from retrieval.runformat import STATE
 
-__all__ = ["RECOMMENDED", "BASELINES", "BOARD", "SweepPlan", "plan_sweep", "sweep", "format_table", "sweep_dir"]
+__all__ = ["RECOMMENDED", "BASELINES", "BOARD", "SweepPlan", "plan_sweep", "sweep", "format_table", "sweep_dir", "ranked"]
 
 RECOMMENDED = ("moco", "simclr", "barlow")
 BASELINES = ("pixels", "start")  # rows scored beside the methods: raw pixels and the pretrained start
