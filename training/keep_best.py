@@ -9,17 +9,22 @@ them, never one worse than the start.
   upper bound) and above the best so far. Otherwise ``encoder.safetensors`` keeps the start's weights (or the
   best checkpoint's): a fine-tune that made things worse hands back what it started from, and says so.
 * Cost: the start and the last checkpoint are always scored; one in between only while the scorecard has so far
-  taken at most :data:`SCORE_SHARE` of the run's time (so a folder of many short epochs is not scored at each).
+  taken at most :data:`SCORE_SHARE` of the run's training time (so a folder of many short epochs is not scored at
+  each). Scoring is not training time: the run's clock (``--minutes``) skips it. The start's score is cached beside
+  the run (:data:`START_CACHE` in the run's parent folder, keyed by the init's weights, the preprocessing, the seed and
+  the held-out files), so the runs of a sweep, or a second run from the same start, score it once.
 * Resume: the start's and the best score, the best step and the best weights are saved in ``state.pt``
   (``state["keep_best"]``); ``encoder.json`` records the same as ``"scorecard"``.
 
-The trainer's hooks are three lines: :meth:`KeepBest.begin` before the first step, :meth:`KeepBest.checkpoint`
+The trainer's hooks are a few lines: :meth:`KeepBest.begin` before the first step, :meth:`KeepBest.checkpoint`
 when it saves, :meth:`KeepBest.summary` as the run's last line.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import random
 import time
 from collections.abc import Callable
@@ -30,12 +35,14 @@ import torch
 from torch import nn
 
 from retrieval.errors import LookalikeError
+from retrieval.fsutil import atomic_write_json
 
-__all__ = ["KeepBest", "for_run", "score", "HELD_OUT", "SCORE_SHARE"]
+__all__ = ["KeepBest", "for_run", "score", "HELD_OUT", "SCORE_SHARE", "START_CACHE"]
 
 # Held-out images scored at each scoring. See docs/keep-best-and-sweep.md for the measurement behind the numbers.
-HELD_OUT = 128
-SCORE_SHARE = 0.25  # of the run's time, at most, spent on scoring checkpoints between the start and the end
+HELD_OUT = 64
+SCORE_SHARE = 0.25  # of the run's training time, at most, spent on scoring checkpoints between start and end
+START_CACHE = ".keep-best-starts.json"
 
 
 def score(encoder, paths: list[Path], seed: int):
@@ -63,8 +70,9 @@ class KeepBest:
     """The state of keep-best in one run: ``start`` / ``best`` are ``{"step", "score", "ci"}``."""
 
     def __init__(self, paths: list[Path], seed: int, encoder_of: Callable[[nn.Module], Any],
-                 share: float | None = SCORE_SHARE):
+                 share: float | None = SCORE_SHARE, cache: Path | None = None, cache_key: str = ""):
         self.paths, self.seed, self.encoder_of, self.share = paths, seed, encoder_of, share
+        self.cache, self.cache_key = cache, cache_key
         self.start: dict | None = None
         self.best: dict | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -72,16 +80,26 @@ class KeepBest:
         self.spent_s = 0.0
 
     # -- the trainer's hooks ----------------------------------------------------------------------------------
-    def begin(self, backbone: nn.Module, step: int = 0) -> None:
-        """Score the starting weights (once per run: a resumed run has its start already)."""
+    def begin(self, backbone: nn.Module, step: int = 0) -> float:
+        """Score the starting weights (once per run: a resumed run has its start already; a start scored by an
+        earlier run beside this one comes from the cache); returns the seconds it took."""
+        spent = self.spent_s
         if self.start is None:
-            self.start = self.best = self._score(backbone, step)
+            cached = self._cached_start()
+            self.start = self.best = {**cached, "step": int(step)} if cached else self._score(backbone, step)
+            if cached:
+                self.history.append(self.start)
+            else:
+                self._cache_start()
             self.best_weights = _copy_weights(backbone)
+        return self.spent_s - spent
 
     def checkpoint(self, backbone: nn.Module, step: int, elapsed_s: float, final: bool, stopping: bool,
-                   state: dict, meta: dict) -> nn.Module:
-        """Score this checkpoint if due, put keep-best's state into ``state`` and ``meta``, and return the module
-        whose weights the checkpoint exports as the run's encoder (the best so far)."""
+                   state: dict, meta: dict) -> tuple[nn.Module, float]:
+        """Score this checkpoint if due (``elapsed_s``: the run's training time so far), put keep-best's state into
+        ``state`` and ``meta``; returns the module whose weights the checkpoint exports as the run's encoder (the
+        best so far) and the seconds scoring took."""
+        spent = self.spent_s
         if self.start is None:
             self.begin(backbone, step)
         elif self._due(step, elapsed_s, final, stopping):
@@ -91,10 +109,10 @@ class KeepBest:
         state["keep_best"] = self.state_dict()
         meta["scorecard"] = self.record()
         if self.best is not None and self.best["step"] == step:
-            return backbone
+            return backbone, self.spent_s - spent
         kept = copy.deepcopy(backbone)
         kept.load_state_dict(self.best_weights)
-        return kept
+        return kept, self.spent_s - spent
 
     def summary(self) -> str:
         """The run's last line: ``scorecard 0.xx (start) → 0.yy (step N)``, or why the start was kept."""
@@ -133,7 +151,27 @@ class KeepBest:
     def _due(self, step: int, elapsed_s: float, final: bool, stopping: bool) -> bool:
         if stopping or any(h["step"] == step for h in self.history):
             return False
-        return final or self.share is None or self.spent_s <= self.share * max(elapsed_s - self.spent_s, 0.0)
+        return final or self.share is None or self.spent_s <= self.share * elapsed_s
+
+    def _cached_start(self) -> dict | None:
+        if self.cache is None:
+            return None
+        try:
+            entry = json.loads(self.cache.read_text()).get(self.cache_key)
+        except (OSError, ValueError, AttributeError):
+            return None
+        return {"score": float(entry["score"]), "ci": list(entry["ci"])} if isinstance(entry, dict) else None
+
+    def _cache_start(self) -> None:
+        if self.cache is None or not self.cache.parent.is_dir():
+            return
+        try:
+            entries = json.loads(self.cache.read_text())
+        except (OSError, ValueError):
+            entries = {}
+        entries = entries if isinstance(entries, dict) else {}
+        entries[self.cache_key] = {"score": self.start["score"], "ci": self.start["ci"]}
+        atomic_write_json(self.cache, entries)
 
     def _score(self, backbone: nn.Module, step: int) -> dict:
         t0 = time.perf_counter()
@@ -147,6 +185,17 @@ class KeepBest:
         entry = {"step": int(step), "score": float(card.score), "ci": [float(card.ci[0]), float(card.ci[1])]}
         self.history.append(entry)
         return entry
+
+
+def _start_key(run, sample: list[Path]) -> str:
+    """What the start's score depends on: its weights and preprocessing, the seed, the held-out files as they are."""
+    from retrieval.scorecard import SCORECARD_VERSION
+
+    cfg = run.cfg
+    files = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in sample if p.exists()]
+    what = [SCORECARD_VERSION, run.sources.record.get("init", {}).get("weights"), cfg.image_size, cfg.pool,
+            cfg.augment_config().mean, cfg.augment_config().std, run.sources.interpolation, cfg.seed, files]
+    return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:32]
 
 
 def _copy_weights(backbone: nn.Module) -> dict[str, torch.Tensor]:
@@ -172,7 +221,9 @@ def for_run(run, state: dict | None) -> KeepBest | None:
     def encoder_of(backbone: nn.Module):
         return training_encoder(cfg, backbone, run.dim, run.ddp.device, run.sources.interpolation)
 
-    keep = KeepBest(held_out(paths, cfg.seed), cfg.seed, encoder_of)
+    sample = held_out(paths, cfg.seed)
+    keep = KeepBest(sample, cfg.seed, encoder_of, cache=Path(run.run_dir).parent / START_CACHE,
+                    cache_key=_start_key(run, sample))
     if state is not None and state.get("keep_best"):
         keep.load_state_dict(state["keep_best"])
     return keep

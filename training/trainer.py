@@ -192,8 +192,8 @@ def _loop(run: Run, st: TrainState, stop: GracefulStop) -> None:
                disable=not (run.ddp.main and run.show), file=sys.stderr, dynamic_ncols=True)
     if not st.resumed:
         _knn(run, st, 0.0)  # the untrained starting point
-    if run.keep is not None:
-        run.keep.begin(run.method.backbone, st.step)
+    if run.keep is not None:  # scoring is not training time: the clock skips it
+        st.t0 += run.keep.begin(run.method.backbone, st.step)
     st.finished = run.progress_at(st.step, st.elapsed_before) >= 1.0
     if st.finished:
         run.say(f"{run.run_dir} has already finished its schedule (step {st.step}); raise --epochs or --minutes "
@@ -341,8 +341,9 @@ def _checkpoint(run: Run, st: TrainState, finished_run: bool) -> None:
                         st.bad_files, st.step, st.epoch, st.created, finished_run, run.sources.record)
     backbone = run.method.backbone
     if run.keep is not None:  # the weights exported as the run's encoder are the best scored so far
-        backbone = run.keep.checkpoint(backbone, st.step, time.perf_counter() - st.t0, finished_run, st.stopping,
-                                       state, meta)
+        backbone, spent = run.keep.checkpoint(backbone, st.step, time.perf_counter() - st.t0, finished_run,
+                                              st.stopping, state, meta)
+        st.t0 += spent
     save_checkpoint(run.run_dir, backbone, state, meta)
     st.saved_step = st.step
 

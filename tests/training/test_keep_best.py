@@ -98,10 +98,10 @@ def test_a_checkpoint_within_the_start_interval_does_not_replace_it(monkeypatch)
     start = {k: v.clone() for k, v in net.state_dict().items()}
     with torch.no_grad():
         net.weight.add_(1.0)
-    exported = keep.checkpoint(net, 1, 10.0, final=False, stopping=False, state={}, meta={})
+    exported, _ = keep.checkpoint(net, 1, 10.0, final=False, stopping=False, state={}, meta={})
     assert _same(exported.state_dict(), start) and keep.best["step"] == 0  # 0.54 is inside [0.45, 0.55]
     state, meta = {}, {}
-    exported = keep.checkpoint(net, 2, 20.0, final=True, stopping=False, state=state, meta=meta)
+    exported, _ = keep.checkpoint(net, 2, 20.0, final=True, stopping=False, state=state, meta=meta)
     assert exported is net and keep.best["step"] == 2  # 0.60 is beyond it
     assert state["keep_best"]["best"]["score"] == 0.60 and meta["scorecard"]["kept"]["step"] == 2
 
@@ -109,7 +109,18 @@ def test_a_checkpoint_within_the_start_interval_does_not_replace_it(monkeypatch)
 def test_scoring_between_start_and_end_stays_within_its_share_of_the_time():
     keep = KeepBest([], seed=0, encoder_of=lambda m: m)
     keep.spent_s = 10.0
-    assert not keep._due(5, elapsed_s=30.0, final=False, stopping=False)  # 10 s of 20 s of training: > 25%
+    assert not keep._due(5, elapsed_s=30.0, final=False, stopping=False)  # 10 s against 30 s of training: > 25%
     assert keep._due(6, elapsed_s=30.0, final=True, stopping=False)  # the last checkpoint always
-    assert keep._due(7, elapsed_s=60.0, final=False, stopping=False)  # 10 s of 50 s
+    assert keep._due(7, elapsed_s=40.0, final=False, stopping=False)  # 10 s against 40 s
     assert not keep._due(8, elapsed_s=600.0, final=True, stopping=True)  # a stop asked for: save and go
+
+
+def test_a_second_run_from_the_same_start_beside_the_first_reuses_its_start_score(tiny_config, init_run, scorer,
+                                                                                   tmp_path):
+    scripted = scorer(0.5, 0.4, 0.45)
+    train(tiny_config(init=str(init_run), batch_size=16, head_warmup=0.0), progress=False)
+    second = train(tiny_config(init=str(init_run), batch_size=16, head_warmup=0.0, out=str(tmp_path / "again")),
+                   progress=False)
+    assert scripted.calls == 3  # start, step 4; then only the second run's step 4
+    meta = json.loads((second / "encoder.json").read_text())
+    assert meta["scorecard"]["start"]["score"] == 0.5 and meta["scorecard"]["kept"]["step"] == 0
