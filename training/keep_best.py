@@ -40,7 +40,7 @@ from retrieval.fsutil import atomic_write_json
 __all__ = ["KeepBest", "for_run", "score", "HELD_OUT", "SCORE_SHARE", "START_CACHE"]
 
 # Held-out images scored at each scoring. See docs/keep-best-and-sweep.md for the measurement behind the numbers.
-HELD_OUT = 64
+HELD_OUT = 40
 SCORE_SHARE = 0.25  # of the run's training time, at most, spent on scoring checkpoints between start and end
 START_CACHE = ".keep-best-starts.json"
 
