@@ -225,6 +225,8 @@ def _open_board(plan: SweepPlan) -> dict:
 
 
 def ranked(board: dict) -> list[dict]:
+    """The rows best first; on a tie the earlier row (the baselines run first: a method that did not help does not
+    displace the start)."""
     return sorted(board["rows"].values(), key=lambda r: -r["score"])
 
 
