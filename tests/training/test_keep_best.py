@@ -124,3 +124,15 @@ def test_a_second_run_from_the_same_start_beside_the_first_reuses_its_start_scor
     assert scripted.calls == 3  # start, step 4; then only the second run's step 4
     meta = json.loads((second / "encoder.json").read_text())
     assert meta["scorecard"]["start"]["score"] == 0.5 and meta["scorecard"]["kept"]["step"] == 0
+
+
+def test_with_the_real_scorecard_the_kept_weights_are_those_of_the_kept_step(tiny_config, init_run):
+    run = train(tiny_config(init=str(init_run), batch_size=16), progress=False)
+    card = json.loads((run / "encoder.json").read_text())["scorecard"]
+    assert 0.0 <= card["start"]["score"] <= 1.0 and card["held_out"] == min(keep_best.HELD_OUT, 64)
+    assert [h["step"] for h in card["history"]] == [0, 4]
+    kept = load_file(str(run / "encoder.safetensors"))
+    last = {k.removeprefix("backbone."): v for k, v in load_state(run)["method"].items() if k.startswith("backbone.")}
+    start = load_file(str(init_run / "encoder.safetensors"))
+    assert _same(kept, start if card["kept"]["step"] == 0 else last)
+    assert not _same(start, last)  # the run itself trained
