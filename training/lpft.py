@@ -41,10 +41,13 @@ class HeadWarmup:
 
 def for_run(run) -> HeadWarmup | None:
     """The head warm-up of a run (:class:`training.trainer.Run`): only for a fine-tune (``--init``) with
-    ``head_warmup > 0``, in one process (the data-parallel reducer is built over a fixed set of trainable
+    ``head_warmup > 0`` whose method has heads of its own, in one process (the data-parallel reducer is built over a fixed set of trainable
     parameters, so several processes skip it)."""
     if run.cfg.init is None or not run.cfg.head_warmup:
         return None
+    own = {id(p) for p in run.method.backbone.parameters()}
+    if not any(p.requires_grad and id(p) not in own for p in run.method.parameters()):
+        return None  # nothing but the backbone learns (e.g. a distilled student of the teacher's width)
     if run.ddp.world > 1:
         run.say("LP-FT head warm-up is skipped with several processes (their gradient reducer needs every "
                 "parameter)")
