@@ -292,6 +292,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from training.sweep import format_table, plan_sweep, sweep
+
+    plan = plan_sweep(args.dir, args.minutes, args.methods, name=args.name, runs=args.runs, indexes=args.indexes,
+                      seed=args.seed, sample=args.sample, device=args.device)
+
+    def progress(event: dict) -> None:
+        if event["message"]:
+            print(f"[{event['done']}/{event['total']}] {event['message']}", file=sys.stderr, flush=True)
+
+    board = sweep(plan, progress=None if args.json else progress, show=not args.json)
+    if args.json:
+        _print_json(board)
+        return 0
+    print(format_table(board), end="")
+    print(f"leaderboard in {plan.dir}" + (f" ({board['chart_note']})" if board.get("chart_note") else ""))
+    return 0 if board["status"] == "done" else 130
+
+
 def cmd_app(args) -> int:
     from app.ui import launch
 
@@ -445,8 +464,26 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an encoder on DIR without labels")
     add_train_arguments(t)
     t.set_defaults(func=cmd_train)
+    _add_sweep_command(sub)
     _add_app_commands(sub)
     return p
+
+
+def _add_sweep_command(sub) -> None:
+    from training.sweep import RECOMMENDED
+
+    w = sub.add_parser("sweep", help="which method for this folder? train each, index, score, rank")
+    w.add_argument("dir", help="folder of images")
+    w.add_argument("--minutes", type=float, required=True, help="training budget per method")
+    w.add_argument("--methods", nargs="+", metavar="METHOD", default=None,
+                   help=f"methods to try (default: {' '.join(RECOMMENDED)}, the ones that never hurt their start "
+                        "on the photo benchmarks)")
+    w.add_argument("--name", default=None, help="the sweep's name (default: the folder's); runs/sweep-NAME/")
+    w.add_argument("--runs", default="runs", metavar="DIR", help="where the sweep's runs go (default ./runs)")
+    w.add_argument("--seed", type=int, default=0, help="seed of the training and of the scorecard's sample")
+    w.add_argument("--sample", type=int, default=None, help="images the scorecard searches at most")
+    _common(w)
+    w.set_defaults(func=cmd_sweep)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from .tabs.compare import CompareTab
 from .tabs.explore import ExploreTab
 from .tabs.indexes import IndexesTab
 from .tabs.search import SearchTab
+from .tabs.sweep import SweepPanel
 from .tabs.train import TrainTab
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class LookalikeApp:
         self.train = TrainTab(self.ctx)
         self.indexes = IndexesTab(self.ctx)
         self.explore = ExploreTab(self.ctx)
+        # panels laid out inside a tab, after its own layout, by tab id
+        self.panels: dict[str, tuple[Tab, ...]] = {"train": (SweepPanel(self.ctx),)}
 
     @property
     def jobs(self) -> JobManager:
@@ -84,8 +87,10 @@ class LookalikeApp:
                 for tab in self.tabs:
                     with gr.Tab(tab.title, id=tab.id):
                         tab.layout()
+                        for panel in self.panels.get(tab.id, ()):
+                            panel.layout()
             self.ctx.pickers.refresh_on(page.load)
-            for tab in self.tabs:
+            for tab in (*self.tabs, *(p for panels in self.panels.values() for p in panels)):
                 tab.wire(page)
             self.search.follow(self.compare.query)  # the query follows the user from Search to Compare
         return page

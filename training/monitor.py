@@ -12,7 +12,19 @@ from retrieval.encoders import Encoder
 from retrieval.errors import BadImageError, LookalikeError
 from retrieval.imageio import load_image
 
-__all__ = ["KnnMonitor"]
+__all__ = ["KnnMonitor", "training_encoder"]
+
+
+def training_encoder(cfg, backbone: nn.Module, dim: int, device: torch.device,
+                     interpolation: str | None = None) -> Encoder:
+    """The backbone being trained as an :class:`Encoder` with the run's own eval preprocessing (what its index
+    will use): its image size, normalisation, stem, pooling and resize filter."""
+    from .augment import MEAN, STD
+
+    aug = cfg.augment_config()
+    return Encoder(spec="(training)", kind=RUN, backbone=cfg.backbone, image_size=cfg.image_size, dim=dim,
+                   model=backbone, mean=tuple(aug.mean or MEAN), std=tuple(aug.std or STD), stem=cfg.stem,
+                   pool=cfg.pool, device=device, interpolation=interpolation or "bilinear")
 
 
 class KnnMonitor:
@@ -34,12 +46,7 @@ class KnnMonitor:
         self.labels: list[str] = []
 
     def _encoder(self, backbone: nn.Module, dim: int) -> Encoder:
-        from .augment import MEAN, STD
-
-        aug = self.cfg.augment_config()
-        return Encoder(spec="(training)", kind=RUN, backbone=self.cfg.backbone, image_size=self.cfg.image_size,
-                       dim=dim, model=backbone, mean=tuple(aug.mean or MEAN),
-                       std=tuple(aug.std or STD), stem=self.cfg.stem, pool=self.cfg.pool, device=self.device)
+        return training_encoder(self.cfg, backbone, dim, self.device)
 
     def __call__(self, backbone: nn.Module, dim: int) -> float:
         from retrieval.metrics import knn_accuracy

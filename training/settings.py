@@ -29,7 +29,7 @@ from retrieval.identity import POOLS, STEMS
 __all__ = ["Setting", "SETTINGS", "setting", "choices_of", "check_value", "TrainConfig", "ui_settings", "UI_PRESET",
            "ui_default", "add_arguments", "config_from_args", "config_from_values", "DEFAULT_BACKBONE",
            "DEFAULT_STEM", "OPTIMIZERS", "PRECISIONS", "DEVICES", "DEFAULT_DEVICE", "BATCHNORM", "FINETUNE_DEFAULTS",
-           "STUDENT_SIZE", "SCRATCH", "default_init"]
+           "STUDENT_SIZE", "SCRATCH", "default_init", "HEAD_WARMUP"]
 
 # resnet10t (ResNet-10 with a 3-conv "tiered" stem) with timm's default stem: the best learner of a short CPU budget
 # among the backbones tried (docs/measurements.md, "Default backbone"); on a GPU, resnet18 / stem "small" are the
@@ -55,6 +55,12 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
 # The default student's input size as a fraction of its teacher's: a quarter of the pixels, which keeps the goal of
 # indexing at least 3x as fast as the teacher with a margin (docs/measurements.md, "Distilled student size").
 STUDENT_SIZE = 0.5
+# LP-FT (Kumar et al. 2022): a fine-tune first trains only its new, random heads with the backbone frozen, so their
+# first, large gradients do not distort the pretrained features. A tenth of the run: the span of the learning rate's
+# own warm-up (never more than a tenth of the run), so the backbone joins at the peak rate with heads that already
+# point somewhere; the frozen steps are cheap (no backward through the backbone). Not tuned per method: see
+# docs/keep-best-and-sweep.md for what the quick runs could and could not show.
+HEAD_WARMUP = 0.1
 BATCHNORM = ("auto", "batch", "frozen")
 _WEIGHTS_RULE = "a pretrained spec (timm:NAME, e.g. timm:tf_efficientnet_lite0) or a training run directory"
 
@@ -143,6 +149,12 @@ SETTINGS: tuple[Setting, ...] = (
             choices=OPTIMIZERS, fixed=True),
     Setting("warmup_epochs", float, 1.0, "epochs of linear warm-up (never more than a tenth of the run)",
             valid=lambda v: v >= 0, rule=">= 0", fixed=True),
+    Setting("head_warmup", float, HEAD_WARMUP, "with --init: the share of the run that trains only the new heads "
+            "(projector, predictor) with the backbone frozen, before the whole network trains (LP-FT); 0 turns it "
+            "off", valid=lambda v: 0 <= v < 1, rule="a number from 0 to below 1", fixed=True),
+    Setting("keep_best", bool, True, "with --init: score a held-out sample of the folder with the label-free "
+            "scorecard at the start and at checkpoints, and keep the best as the run's encoder (the start unless a "
+            "checkpoint beats it beyond its bootstrap interval)", fixed=True),
     Setting("seed", int, 0, "seed of the views, the batch order and the initial weights",
             valid=lambda v: v >= 0, rule="a non-negative integer", fixed=True),
     Setting("out", str, None, "run directory (default runs/METHOD-BACKBONE-TIME)"),
@@ -255,6 +267,8 @@ class TrainConfig:
     batchnorm: str = "auto"
     optimizer: str = "adamw"
     warmup_epochs: float = 1.0
+    head_warmup: float = HEAD_WARMUP
+    keep_best: bool = True
     seed: int = 0
     out: str | None = None
     resume: bool = False

@@ -18,6 +18,7 @@ from torch import nn
 from retrieval.encoders import build_backbone, feature_dim
 from retrieval.fsutil import now_iso
 
+from . import keep_best, lpft
 from .config import TrainConfig
 from .data import TrainingData, data_fingerprint, open_data
 from .distributed import Distributed, sync_batchnorm, wrap_ddp
@@ -56,6 +57,8 @@ class Run:
     on_log: Callable[[dict], None] | None
     show: bool
     sources: Sources  # what the run started from (--init) and learns from (--teacher)
+    warmup: lpft.HeadWarmup | None = None  # LP-FT: the heads train alone first (training.lpft)
+    keep: keep_best.KeepBest | None = None  # the best scored weights are the run's encoder (training.keep_best)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -135,6 +138,7 @@ def setup_run(cfg: TrainConfig, ddp: Distributed, show: bool, on_log: Callable[[
               base_lr=base_lr, dim=dim, fingerprint=data_fingerprint(data.collection), monitor=monitor, say=say,
               on_log=on_log, show=show, sources=sources)
     st = TrainState() if state is None else restore(run, state, weight_decay)
+    run.warmup, run.keep = lpft.for_run(run), keep_best.for_run(run, state)
     if ddp.world > 1:
         run.model = wrap_ddp(method, ddp)
     prepare_run_dir(run_dir, state, ddp)

@@ -103,6 +103,8 @@ def _loop(run: Run, st: TrainState, stop: GracefulStop) -> None:
                disable=not (run.ddp.main and run.show), file=sys.stderr, dynamic_ncols=True)
     if not st.resumed:
         _knn(run, st, 0.0)  # the untrained starting point
+    if run.keep is not None:  # scoring is not training time: the clock skips it
+        st.t0 += run.keep.begin(run.method.backbone, st.step)
     st.finished = run.progress_at(st.step, st.elapsed_before) >= 1.0
     if st.finished:
         run.say(f"{run.run_dir} has already finished its schedule (step {st.step}); raise --epochs or --minutes "
@@ -141,6 +143,8 @@ def _loop(run: Run, st: TrainState, stop: GracefulStop) -> None:
     else:
         run.say(f"finished {run.cfg.method} on {len(run.data.collection.items)} images: step {st.step}, "
                 f"checkpoint in {run.run_dir}")
+    if run.keep is not None:
+        run.say(run.keep.summary())
 
 
 def _epoch_batches(run: Run, st: TrainState, stop: GracefulStop) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -176,6 +180,8 @@ def _epoch_batches(run: Run, st: TrainState, stop: GracefulStop) -> Iterator[tup
 def _step(run: Run, st: TrainState, views: tuple[torch.Tensor, ...], stop: GracefulStop) -> bool:
     """One optimiser step; returns whether any rank asked to stop."""
     device_type, dtype = run.ddp.device.type, run.amp_dtype
+    if run.warmup is not None:
+        run.warmup(run.progress_at(st.step, st.clock))
     with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
         loss = run.model(*views)
     run.optimizer.zero_grad(set_to_none=True)
@@ -244,7 +250,12 @@ def _checkpoint(run: Run, st: TrainState, finished_run: bool) -> None:
     }
     meta = encoder_meta(run.cfg, run.dim, run.data.views, run.data.collection, run.fingerprint, st.metrics,
                         st.bad_files, st.step, st.epoch, st.created, finished_run, run.sources.record)
-    save_checkpoint(run.run_dir, run.method.backbone, state, meta)
+    backbone = run.method.backbone
+    if run.keep is not None:  # the weights exported as the run's encoder are the best scored so far
+        backbone, spent = run.keep.checkpoint(backbone, st.step, time.perf_counter() - st.t0, finished_run,
+                                              st.stopping, state, meta)
+        st.t0 += spent
+    save_checkpoint(run.run_dir, backbone, state, meta)
     st.saved_step = st.step
 
 

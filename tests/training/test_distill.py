@@ -73,7 +73,7 @@ def test_distilled_run_records_its_teacher_indexes_searches_and_refuses_a_change
                                                                                           image_dir, tmp_path):
     from training.trainer import train
 
-    run = train(tiny_config(method="distill", teacher=str(teacher_run), batch_size=16), progress=False)
+    run = train(tiny_config(method="distill", teacher=str(teacher_run), batch_size=16, keep_best=False), progress=False)
     assert {p.name for p in run.iterdir()} == {"encoder.safetensors", "encoder.json", "state.pt", "metrics.jsonl"}
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 4 and all(math.isfinite(v) and v >= 0 for v in losses)

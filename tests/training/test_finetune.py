@@ -97,7 +97,7 @@ def test_init_and_teacher_are_flags_and_a_bad_init_is_refused_early(tmp_path, im
 def test_finetune_trains_records_the_init_freezes_bn_and_resumes_without_it(tiny_config, init_run, tmp_path):
     copy = tmp_path / "init-copy"  # removed before the resume: a resumed run needs its checkpoint only
     shutil.copytree(init_run, copy)
-    run = train(tiny_config(init=str(copy), batch_size=16), progress=False)
+    run = train(tiny_config(init=str(copy), batch_size=16, keep_best=False), progress=False)
     meta = json.loads((run / "encoder.json").read_text())
     assert (meta["backbone"], meta["stem"], meta["image_size"], meta["interpolation"]) == (
         "resnet10t", "small", 32, "bicubic")
