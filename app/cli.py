@@ -45,6 +45,8 @@ def _print_report(report, args, verb: str) -> None:
     print(f"{verb} index {report.name!r}: {report.count} images, dim {report.dim}, "
           f"encoder {describe_identity(report.encoder)}"
           + (f" (+{report.added} -{report.removed})" if verb != "built" else ""))
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 # ----- index -------------------------------------------------------------------------------------------------
@@ -55,7 +57,9 @@ def cmd_index_build(args) -> int:
     with Ranks.join(args.device) as ranks:  # one process, or this rank of a torchrun job
         ws = Workspace(args.indexes, device=ranks.device)
         report = ws.build(args.dir, args.encoder, args.name, index_type=args.type, overwrite=args.overwrite,
-                          batch_size=args.batch_size, workers=args.workers, progress=not args.json, ranks=ranks)
+                          batch_size=args.batch_size, workers=args.workers, progress=not args.json, ranks=ranks,
+                          whiten=args.whiten or args.whiten_dim is not None, whiten_dim=args.whiten_dim,
+                          calibrate=not args.no_calibrate)
     if report is not None:  # rank 0 wrote the index and reports it; the other ranks print nothing
         _print_report(report, args, "built")
     return 0
@@ -105,7 +109,7 @@ def cmd_index_info(args) -> int:
 
 # ----- search / compare / eval ---------------------------------------------------------------------------------
 def cmd_search(args) -> int:
-    results = _workspace(args).search(args.name, args.image, k=args.k)
+    results = _workspace(args).search(args.name, args.image, k=args.k, qe=args.qe, dba=args.dba)
     if args.json:
         _print_json([r.to_json() for r in results])
         return 0
@@ -204,6 +208,12 @@ def _add_index_commands(sub) -> None:
     b.add_argument("--overwrite", action="store_true", help="replace an existing index of that name")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--workers", type=int, default=None, help="decode processes (default: by collection size)")
+    b.add_argument("--whiten", action="store_true", help="learn a PCA-whitening on the collection; queries are "
+                   "whitened with it (docs/retrieval-tools.md)")
+    b.add_argument("--whiten-dim", type=int, default=None, metavar="D",
+                   help="whiten and keep D dimensions (implies --whiten; default: the encoder's less one)")
+    b.add_argument("--no-calibrate", action="store_true",
+                   help="skip calibrating the 'same photo' threshold on edited copies of the collection")
     _common(b)
     b.set_defaults(func=cmd_index_build)
     for verb, func, hlp in (("add", cmd_index_add, "embed and add files of the collection"),
@@ -231,6 +241,10 @@ def _add_query_commands(sub) -> None:
     s.add_argument("name")
     s.add_argument("image")
     s.add_argument("-k", type=int, default=10)
+    s.add_argument("--qe", type=int, default=None, metavar="N",
+                   help="query expansion (alpha-QE) over the N best results (0: off; default: off)")
+    s.add_argument("--dba", type=int, default=None, metavar="N",
+                   help="database-side augmentation over N neighbours among the candidates (0: off; default: off)")
     _common(s)
     s.set_defaults(func=cmd_search)
 

@@ -7,11 +7,11 @@ from .errors import EncoderMismatchError
 
 # Backbone stems and poolings an encoder may have (retrieval.encoders builds them; training offers them).
 STEMS = ("default", "small")
-POOLS = ("avg", "grid")
+POOLS = ("avg", "grid", "gem")
 # The identity fields that must agree between an index and the encoder used to query it.
-IDENTITY_KEYS = ("kind", "backbone", "image_size", "dim", "stem", "weights", "pool", "interpolation")
+IDENTITY_KEYS = ("kind", "backbone", "image_size", "dim", "stem", "weights", "pool", "interpolation", "scales")
 # What an identity written before a key existed meant by it.
-_DEFAULTS = {"pool": "avg", "interpolation": "bilinear"}
+_DEFAULTS = {"pool": "avg", "interpolation": "bilinear", "scales": "1"}
 
 
 def identity_matches(a: dict, b: dict) -> bool:
@@ -27,8 +27,9 @@ def describe_identity(identity: dict) -> str:
     weights = str(identity.get("weights", ""))
     short = weights[:8] if kind == "run" else weights
     label = identity.get("method") or kind
-    pool = " grid" if identity.get("pool", "avg") != "avg" else ""
-    return f"{label} {identity.get('backbone')} @{identity.get('image_size')}px{pool} ({short})"
+    pool = f" {identity['pool']}" if identity.get("pool", "avg") != "avg" else ""
+    scales = f" x[{identity['scales']}]" if identity.get("scales", "1") != "1" else ""
+    return f"{label} {identity.get('backbone')} @{identity.get('image_size')}px{pool}{scales} ({short})"
 
 
 def mismatch_error(index_name: str, built: dict, other: dict) -> EncoderMismatchError:
