@@ -242,7 +242,7 @@ def _add_query_commands(sub) -> None:
     s.add_argument("image")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--qe", type=int, default=None, metavar="N",
-                   help="query expansion (alpha-QE) over the N best results (0: off; default: off)")
+                   help="query expansion (alpha-QE) over the N best results (0: off, the default; 2 measured best)")
     s.add_argument("--dba", type=int, default=None, metavar="N",
                    help="database-side augmentation over N neighbours among the candidates (0: off; default: off)")
     _common(s)

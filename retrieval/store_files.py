@@ -42,7 +42,8 @@ CREATE TABLE items(id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQ
 CREATE TABLE skipped(path TEXT NOT NULL, reason TEXT NOT NULL);
 """
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
-_DATA_FILE_RE = re.compile(r"(index\.\d+\.faiss|items\.\d+\.sqlite|whitening\.\d+\.npz)")  # also matches SQLite's -journal files
+# the data files of a generation (also matches SQLite's -journal files)
+_DATA_FILE_RE = re.compile(r"(index\.\d+\.faiss|items\.\d+\.sqlite|whitening\.\d+\.npz)")
 _LEGACY_TMP = MANIFEST + ".tmp"  # the manifest's temporary before fsutil named them all alike
 
 

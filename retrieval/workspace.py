@@ -25,8 +25,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Progress = Callable[[int, int], None]
 # Search-time stages a search gets unless told otherwise (measured: docs/retrieval-tools.md, bench/pipeline.py).
+# Off: αQE over 2 neighbours won on Tux Paint, copy detection and Fashion-MNIST but not on emoji (-0.0006
+# recall@1), and a stage is on by default only where it wins everywhere; DBA lost 0.07 micro-AP on copy detection.
+QE_NEIGHBOURS = 2  # what query expansion uses when it is asked for (the Search tab's toggle)
 SEARCH_DEFAULTS = {"qe": 0, "dba": 0}
-EXPANDED = {"qe": 2, "dba": 2}  # what the UI's "expand the query" toggle asks for
 
 
 def load_encoder(spec: str, device: str = "cpu") -> Encoder:

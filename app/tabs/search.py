@@ -4,8 +4,8 @@ The clicked result's full picture becomes the query, and a line under the result
 dimensions) with a link that opens the original.
 
 Its button is the public ``/search`` endpoint: (image, index, k, expand) → (gallery, ``[{"rank", "path", "score"},
-…]``); ``expand`` (default off) re-ranks with query expansion and database-side augmentation
-(``retrieval.workspace.EXPANDED``).
+…]``); ``expand`` re-ranks with query expansion (αQE over ``retrieval.workspace.QE_NEIGHBOURS`` results; off by
+default, as ``SEARCH_DEFAULTS`` says).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import gradio as gr
 
 from retrieval.errors import LookalikeError
-from retrieval.workspace import EXPANDED
+from retrieval.workspace import QE_NEIGHBOURS, SEARCH_DEFAULTS
 
 from ..context import Tab, parse_k, user_errors
 from ..serving import query_source, require_image
@@ -23,15 +23,16 @@ class SearchTab(Tab):
     title, id = "Search", "search"
 
     @user_errors
-    def search(self, image: dict | str | None, index: str | None, k: float = 10, expand: bool = False):
+    def search(self, image: dict | str | None, index: str | None, k: float = 10,
+               expand: bool = bool(SEARCH_DEFAULTS["qe"])):
         """Top-k of the query image in one index → (gallery, JSON results, [index, path] per result for a click)."""
         name = self.ctx.require_index(index)
         path = require_image(image)
-        results = self.ctx.ws.search(name, path, k=parse_k(k), **(EXPANDED if expand else {}))
+        results = self.ctx.ws.search(name, path, k=parse_k(k), qe=QE_NEIGHBOURS if expand else 0)
         return self.ctx.gallery(name, results), [r.to_json() for r in results], [[name, r.path] for r in results]
 
     @user_errors
-    def search_if_ready(self, image, index, k, expand=False):
+    def search_if_ready(self, image, index, k, expand=bool(SEARCH_DEFAULTS["qe"])):
         """The same search, fired by changing the query, index, k or expansion; quiet while something is missing."""
         if not query_source(image) or not index:
             return [], [], []
@@ -61,8 +62,8 @@ class SearchTab(Tab):
                         scale=4, elem_id="search-index"))
                     self.reload = gr.Button("↻", scale=0, min_width=40, size="sm")
                 self.k = gr.Slider(1, 50, value=10, step=1, label="k (results)")
-                self.expand = gr.Checkbox(False, label="Expand the query (αQE + DBA among the top candidates)",
-                                          elem_id="search-expand")
+                self.expand = gr.Checkbox(bool(SEARCH_DEFAULTS["qe"]), elem_id="search-expand",
+                                          label=f"Query expansion (αQE over the {QE_NEIGHBOURS} best results)")
                 self.button = gr.Button("Search", variant="primary", elem_id="search-button")
                 if self.ctx.examples:
                     gr.Examples(examples=[[p] for p in self.ctx.examples], inputs=[self.query], label="Examples")
