@@ -283,3 +283,19 @@ def test_thumbnails_are_made_only_for_items_of_an_index_and_go_with_them(tmp_pat
     app.indexes.refresh("px", progress=_no_progress)
     assert not made[rels[0]].exists()
     assert all(made[rel].exists() for rel in rels[1:])
+
+
+def test_search_toggle_asks_for_query_expansion_and_explore_starts_at_the_calibrated_threshold(env, monkeypatch):
+    from retrieval.workspace import QE_NEIGHBOURS
+
+    asked = []
+    real = env.ws.search
+    monkeypatch.setattr(env.ws, "search", lambda *a, **kw: asked.append(kw) or real(*a, **kw))
+    monkeypatch.setattr("app.tabs.search.require_image", lambda image: image["path"])  # as if uploaded
+    query = {"path": str(env.images[0])}
+    plain = env.app.search.search(query, "px", 3, False)[1]
+    expanded = env.app.search.search(query, "px", 3, True)[1]
+    assert [kw["qe"] for kw in asked] == [0, QE_NEIGHBOURS]
+    assert plain[0]["path"] == expanded[0]["path"]
+    calibrated = env.ws.info("px")["duplicates"]["threshold"]
+    assert env.app.explore.default_threshold("px")["value"] == round(calibrated, 3)

@@ -140,3 +140,23 @@ def test_background_normalisation_subtracts_the_nth_background_similarity():
     sims = queries @ background.T
     out = background_normalise(scores, queries, background, n=2)
     assert np.allclose(out, scores - np.sort(sims, axis=1)[:, -2:-1])
+
+
+def test_cli_builds_a_whitened_index_and_searches_with_expansion(tmp_path, shapes_dir, capsys):
+    import json
+
+    from app.cli import main
+
+    root = str(tmp_path / "indexes")
+    spec = "random:resnet10t?size=32"
+    assert main(["index", "build", str(shapes_dir), "--encoder", spec, "--name", "w", "--whiten-dim", "16",
+                 "--no-calibrate", "--indexes", root, "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["count"] == 36
+    info = IndexStore.open(root, "w").manifest
+    assert info["dim"] == 16 and info["whitening"]["dim_in"] == 512 and "duplicates" not in info
+    query = str(sorted(shapes_dir.rglob("000.png"))[0])
+    for extra in ([], ["--qe", "2", "--dba", "2"]):
+        assert main(["search", "w", query, "-k", "3", "--indexes", root, "--json", *extra]) == 0
+        hits = json.loads(capsys.readouterr().out)
+        assert hits[0]["path"] == sorted(p.relative_to(shapes_dir).as_posix() for p in shapes_dir.rglob("000.png"))[0]
