@@ -76,8 +76,8 @@ def test_update_keeps_the_fitted_whitening_and_counts_what_was_added(tmp_path):
 def test_notes_say_when_the_whitening_is_stale():
     from retrieval.workspace import _whitening_notes
 
-    fresh = {"whitening": {"fitted_on": 100, "added_since_fit": 49}}
-    stale = {"whitening": {"fitted_on": 100, "added_since_fit": 50}}
+    fresh = {"whitening": {"fitted_on": 100, "added_since_fit": 19}}
+    stale = {"whitening": {"fitted_on": 100, "added_since_fit": 20}}
     assert _whitening_notes(fresh) == [] and _whitening_notes({}) == []
     assert "rebuild the index" in _whitening_notes(stale)[0]
 
