@@ -49,6 +49,8 @@ def _print_report(report, args, verb: str) -> None:
     print(f"{verb} index {report.name!r}: {report.count} images, dim {report.dim}, "
           f"encoder {describe_identity(report.encoder)}"
           + (f" (+{report.added} -{report.removed})" if verb != "built" else ""))
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 # ----- index -------------------------------------------------------------------------------------------------
@@ -60,7 +62,9 @@ def cmd_index_build(args) -> int:
         ws = Workspace(args.indexes, device=ranks.device)
         encoder, name = _build_defaults(ws, args, say=ranks.main and not args.json)
         report = ws.build(args.dir, encoder, name, index_type=args.type, overwrite=args.overwrite,
-                          batch_size=args.batch_size, workers=args.workers, progress=not args.json, ranks=ranks)
+                          batch_size=args.batch_size, workers=args.workers, progress=not args.json, ranks=ranks,
+                          whiten=args.whiten or args.whiten_dim is not None, whiten_dim=args.whiten_dim,
+                          calibrate=not args.no_calibrate)
     if report is not None:  # rank 0 wrote the index and reports it; the other ranks print nothing
         if args.set_default:
             ws.set_default_index(report.name)
@@ -150,7 +154,7 @@ def cmd_index_info(args) -> int:
 def cmd_search(args) -> int:
     ws = _workspace(args)
     name = ws.pick_index(args.name)
-    results = ws.search(name, args.image, k=args.k)
+    results = ws.search(name, args.image, k=args.k, qe=args.qe, dba=args.dba)
     if args.set_default:
         ws.set_default_index(name)
     if args.json:
@@ -361,6 +365,12 @@ def _add_index_commands(sub) -> None:
     b.add_argument("--overwrite", action="store_true", help="replace an existing index of that name")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--workers", type=int, default=None, help="decode processes (default: by collection size)")
+    b.add_argument("--whiten", action="store_true", help="learn a PCA-whitening on the collection; queries are "
+                   "whitened with it (docs/retrieval-tools.md)")
+    b.add_argument("--whiten-dim", type=int, default=None, metavar="D",
+                   help="whiten and keep D dimensions (implies --whiten; default: the encoder's less one)")
+    b.add_argument("--no-calibrate", action="store_true",
+                   help="skip calibrating the 'same photo' threshold on edited copies of the collection")
     _common(b)
     b.set_defaults(func=cmd_index_build)
     for verb, func, hlp in (("add", cmd_index_add, "embed and add files of the collection"),
@@ -392,6 +402,10 @@ def _add_query_commands(sub) -> None:
     s.add_argument("image")
     s.add_argument("--set-default", action="store_true", help=_SET_DEFAULT_HELP)
     s.add_argument("-k", type=int, default=10)
+    s.add_argument("--qe", type=int, default=None, metavar="N",
+                   help="query expansion (alpha-QE) over the N best results (0: off, the default; 2 measured best)")
+    s.add_argument("--dba", type=int, default=None, metavar="N",
+                   help="database-side augmentation over N neighbours among the candidates (0: off; default: off)")
     _common(s)
     s.set_defaults(func=cmd_search)
 

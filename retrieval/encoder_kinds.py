@@ -50,11 +50,13 @@ def _prefixed(prefix: str) -> Callable[[str], bool]:
 
 
 def describe_network(identity: dict, weights_chars: int | None = None) -> str:
-    """``simclr resnet10t @64px grid (3fa2c1d0)``: the method (or kind), network, input size, pooling, weights."""
+    """``simclr resnet10t @64px grid (3fa2c1d0)``: the method (or kind), network, input size, pooling, scales,
+    weights."""
     weights = str(identity.get("weights", ""))[:weights_chars]
     label = identity.get("method") or identity.get("kind")
-    pool = " grid" if identity.get("pool", "avg") != "avg" else ""
-    return f"{label} {identity.get('backbone')} @{identity.get('image_size')}px{pool} ({weights})"
+    pool = f" {identity['pool']}" if identity.get("pool", "avg") != "avg" else ""
+    scales = f" x[{identity['scales']}]" if identity.get("scales", "1") != "1" else ""
+    return f"{label} {identity.get('backbone')} @{identity.get('image_size')}px{pool}{scales} ({weights})"
 
 
 def _describe_pixels(identity: dict) -> str:

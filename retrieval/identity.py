@@ -8,11 +8,11 @@ from .errors import EncoderMismatchError
 
 # Backbone stems and poolings an encoder may have (retrieval.encoders builds them; training offers them).
 STEMS = ("default", "small")
-POOLS = ("avg", "grid")
+POOLS = ("avg", "grid", "gem")
 # The identity fields that must agree between an index and the encoder used to query it.
-IDENTITY_KEYS = ("kind", "backbone", "image_size", "dim", "stem", "weights", "pool", "interpolation")
+IDENTITY_KEYS = ("kind", "backbone", "image_size", "dim", "stem", "weights", "pool", "interpolation", "scales")
 # What an identity written before a key existed meant by it.
-_DEFAULTS = {"pool": "avg", "interpolation": "bilinear"}
+_DEFAULTS = {"pool": "avg", "interpolation": "bilinear", "scales": "1"}
 
 
 def identity_matches(a: dict, b: dict) -> bool:

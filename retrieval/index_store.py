@@ -38,12 +38,13 @@ from .errors import LookalikeError
 from .fsutil import fsync_path, now_iso
 from .identity import identity_matches, mismatch_error
 from .index_kinds import INDEX_TYPES, KINDS, build, check_type, plan
+from .pipeline import SHORTLIST
 from .index_kinds import (HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, TOMBSTONE_REBUILD_FRACTION,  # noqa: F401 - re-exported, tests read the parameters here
                           TRAIN_SAMPLE, pq_m)
 from .store_changes import Change, apply_update, dedupe, insert_items, replace_skipped
 from .store_files import (FORMAT_VERSION, MANIFEST, clean_leftovers, crash_point, describe, dir_lock, gone_error,
                           items_file, list_indexes, not_found_error, read_manifest, remove_unreferenced,
-                          validate_name, write_generation, writable_db)
+                          validate_name, whitening_file, write_generation, write_whitening, writable_db)
 from .store_state import Hit, State, load_rows, load_state, prepare_vectors, search_chunk
 
 __all__ = ["IndexStore", "Hit", "list_indexes", "validate_name", "INDEX_TYPES", "FORMAT_VERSION", "MANIFEST"]
@@ -61,6 +62,42 @@ def _paired(items: Sequence[Any] | None, vectors: Any, dim: int) -> tuple[list[A
     return dedupe(items, vecs)
 
 
+def _fit(vecs: np.ndarray, dim: int | None) -> Any:
+    """The whitening a new index learns from its first vectors; its output is always narrower than its input (at
+    most D − 1 axes), so vectors of the two spaces can never be mistaken for one another."""
+    from .pipeline import fit_whitening
+
+    if len(vecs) < 2:
+        raise LookalikeError("whitening is learned on the collection: it needs at least two images; build the "
+                             "index without --whiten")
+    top = vecs.shape[1] - 1
+    if dim is not None and not 1 <= dim <= top:
+        raise LookalikeError(f"--whiten-dim must be between 1 and {top} (the encoder's {top + 1} dimensions less "
+                             f"one), got {dim}")
+    return fit_whitening(vecs, dim=dim or top)
+
+
+def _index_space(state: State, vectors: Any, whitened: bool, what: str) -> np.ndarray:
+    """Vectors as the FAISS index holds them: an unwhitened index takes unit vectors of its dim; a whitened one
+    takes the encoder's vectors and whitens them itself, or, with ``whitened=True``, vectors already in its space
+    (e.g. from :meth:`IndexStore.vectors`). Anything else is refused with the reason."""
+    w, dim = state.whitening, state.manifest["dim"]
+    if w is None or whitened:
+        expected = dim
+    else:
+        expected = w.dim_in
+    try:
+        v = prepare_vectors(vectors, expected, what)
+    except LookalikeError as exc:
+        if w is None:
+            raise
+        raise LookalikeError(
+            f"{exc} — index {state.manifest['name']!r} is whitened ({w.dim_in} → {w.dim} dimensions, learned on "
+            f"its collection): give it the encoder's {w.dim_in}-d vectors and it whitens them with its own "
+            f"whitening, or pass whitened=True with {w.dim}-d vectors taken from this index") from None
+    return v if w is None or whitened else w.apply(v)
+
+
 class IndexStore:
     """An opened index. Create with :meth:`create`, open with :meth:`open`; thread-safe for reads and writes."""
 
@@ -74,8 +111,13 @@ class IndexStore:
     def create(cls, root_dir: str | Path, name: str, encoder_identity: dict, dim: int,
                collection_root: str | Path, index_type: str = "auto", overwrite: bool = False,
                items: Sequence[Any] | None = None, vectors: np.ndarray | None = None,
-               skipped: Sequence[Any] | None = None) -> "IndexStore":
-        """Build ``root_dir/name`` in a temp dir and rename it into place, optionally with its first items."""
+               skipped: Sequence[Any] | None = None, whiten: bool = False,
+               whiten_dim: int | None = None) -> "IndexStore":
+        """Build ``root_dir/name`` in a temp dir and rename it into place, optionally with its first items.
+
+        ``dim`` is the encoder's. With ``whiten`` the index learns a PCA-whitening on ``vectors``
+        (:func:`retrieval.pipeline.fit_whitening`, to ``whiten_dim`` axes, at most ``dim − 1``), stores it, and
+        holds and searches whitened vectors from then on."""
         validate_name(name)
         check_type(index_type)
         if not isinstance(dim, int) or dim < 1:
@@ -89,8 +131,16 @@ class IndexStore:
             raise LookalikeError(f"index {name!r} already exists under {root}; choose another name or overwrite it")
         clean_leftovers(root)
         items, vecs = _paired(items, vectors, dim)
+        whitening = _fit(vecs, whiten_dim) if whiten else None
+        if whitening is not None:
+            vecs, dim = whitening.apply(vecs), whitening.dim
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
         try:
+            files, extra = {}, {}
+            if whitening is not None:
+                files["whitening"] = whitening_file(0)
+                write_whitening(tmp / files["whitening"], whitening)
+                extra["whitening"] = {**whitening.describe(), "added_since_fit": 0}
             db = tmp / items_file(0)
             with writable_db(db) as con:
                 ids = insert_items(con, items)
@@ -101,15 +151,15 @@ class IndexStore:
             manifest = {"format_version": FORMAT_VERSION, "name": name, "root": str(Path(collection_root).resolve()),
                         "encoder": dict(encoder_identity), "dim": dim, "index_type": p.kind,
                         "requested_type": index_type, "factory": p.factory, "params": p.params, "note": p.note,
-                        "metric": "ip", "generation": 0, "files": {}, "uid": uuid.uuid4().hex,
-                        "created": created, "updated": created}
+                        "metric": "ip", "generation": 0, "files": files, "uid": uuid.uuid4().hex,
+                        "created": created, "updated": created, **extra}
             manifest = write_generation(tmp, manifest, db, index, new_index=True)
             crash_point("create-before-rename")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _move_into_place(tmp, final)
-        return cls(final, load_rows(final / db.name, manifest, index))
+        return cls(final, load_rows(final / db.name, manifest, index, whitening))
 
     @classmethod
     def open(cls, root_dir: str | Path, name: str, encoder_identity: dict | None = None) -> "IndexStore":
@@ -179,18 +229,34 @@ class IndexStore:
         return describe(self.path, {**self.manifest, "count": state.live, "vectors": int(state.index.ntotal)},
                         skipped=len(state.skipped))
 
-    def search(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        """Top-``k`` hits per query (rows of ``vectors``), best first; never removed items, never more than count."""
+    @property
+    def whitened(self) -> bool:
+        """Whether this index holds (and searches) vectors whitened with its own learned whitening."""
+        return self._state.whitening is not None
+
+    def search(self, vectors: np.ndarray, k: int, whitened: bool = False, qe: int = 0,
+               dba: int = 0) -> list[list[Hit]]:
+        """Top-``k`` hits per query (rows of ``vectors``), best first; never removed items, never more than count.
+
+        ``vectors`` are the encoder's (a whitened index whitens them) unless ``whitened`` says they are already in
+        the index's space (:meth:`vectors`). ``qe``/``dba`` > 0 re-rank a shortlist with αQE over that many
+        neighbours / database-side augmentation (:func:`retrieval.pipeline.rerank`); scores are then the
+        re-ranked similarities."""
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise LookalikeError(f"k must be a positive integer, got {k!r}")
+        if min(int(qe), int(dba)) < 0:
+            raise LookalikeError(f"qe and dba count neighbours: give 0 (off) or more, got qe={qe}, dba={dba}")
         state = self._state
-        queries = prepare_vectors(vectors, state.manifest["dim"], "query vectors")
+        queries = _index_space(state, vectors, whitened, "query vectors")
         if state.live == 0:
             return [[] for _ in range(len(queries))]
         k = min(int(k), state.live)
+        fetch = min(max(SHORTLIST, 4 * k), state.live) if qe or dba else k
         out: list[list[Hit]] = []
         for start in range(0, len(queries), SEARCH_CHUNK):
-            out.extend(search_chunk(state, queries[start:start + SEARCH_CHUNK], k))
+            out.extend(search_chunk(state, queries[start:start + SEARCH_CHUNK], fetch))
+        if qe or dba:
+            out = [_reranked(state, q, hits, k, int(qe), int(dba)) for q, hits in zip(queries, out)]
         return out
 
     def reload_if_changed(self) -> bool:
@@ -231,16 +297,31 @@ class IndexStore:
             return Change(manifest={"params": {**old.manifest["params"], **params}}, changed=True)
         self._commit(work)
 
+    def set_duplicates(self, calibration: dict | None) -> None:
+        """Record the calibrated "same photo" threshold (:func:`retrieval.duplicates.calibrate`) in the manifest."""
+        def work(con: sqlite3.Connection, old: State) -> Change:
+            return Change(manifest={"duplicates": calibration}, changed=True)
+        self._commit(work)
+
     def update(self, items: Sequence[Any] | None = None, vectors: np.ndarray | None = None,
                remove: Sequence[str] | None = None, skipped: Sequence[Any] | None = None) -> int:
         """One atomic change: remove ``remove`` paths, add/replace ``items``, replace the skipped list if given.
 
         Returns the number of removed paths that were present."""
-        items, vecs = _paired(items, vectors, self.dim)
+        whitening = self._state.whitening
+        items, vecs = _paired(items, vectors, self.dim if whitening is None else whitening.dim_in)
+        if whitening is not None:
+            vecs = whitening.apply(vecs)  # the index's own whitening, as fitted at build (never refitted here)
         gone = sorted(set(remove or []))
 
         def work(con: sqlite3.Connection, old: State) -> Change:
-            return _apply_update(con, old, items, vecs, gone, skipped)
+            change = _apply_update(con, old, items, vecs, gone, skipped)
+            if whitening is not None and len(items):  # how far the collection moved from what it was fitted on
+                fit = old.manifest["whitening"]
+                change.manifest = {**change.manifest,
+                                   "whitening": {**fit, "added_since_fit": fit["added_since_fit"] + len(items)}}
+                change.changed = True
+            return change
         return self._commit(work)
 
     def delete(self) -> None:
@@ -266,9 +347,21 @@ class IndexStore:
             index = old.index if change.index is None else change.index
             manifest = {**old.manifest, **change.manifest, "generation": gen, "updated": now_iso()}
             manifest = write_generation(self.path, manifest, db, index, new_index=change.index is not None)
-            self._state = load_rows(db, manifest, index)
+            self._state = load_rows(db, manifest, index, old.whitening)
             remove_unreferenced(self.path, manifest)
             return change.result
+
+
+def _reranked(state: State, q: np.ndarray, hits: list[Hit], k: int, qe: int, dba: int) -> list[Hit]:
+    """The top ``k`` of a query's shortlist ``hits`` after αQE / DBA (:func:`retrieval.pipeline.rerank`)."""
+    from .pipeline import rerank
+
+    if not hits:
+        return hits
+    rows = [state.row_of[h.path] for h in hits]
+    shortlist = np.asarray(state.index.reconstruct_batch(state.ids[rows]), np.float32)  # (M, d)
+    order, scores = rerank(q, shortlist, qe=qe, dba=dba)
+    return [Hit(hits[i].path, float(s), hits[i].label) for i, s in zip(order[:k], scores[:k])]
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:

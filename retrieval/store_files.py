@@ -5,6 +5,8 @@ Layout of ``ROOT/NAME/``::
     manifest.json        {"format_version": 1, "generation": G, "files": {"index": ..., "items": ...}, ...}
     index.<g>.faiss      inner-product FAISS index over L2-normalised float32 vectors, ids = items.id
     items.<g>.sqlite     items(id, path, size, mtime, label, deleted) + skipped(path, reason)
+    whitening.<g>.npz    only in a whitened index: the PCA-whitening fitted on the collection (mean, projection;
+                         NumPy arrays, no pickle), applied to every vector the index is given (retrieval.pipeline)
     .lock                advisory lock file: one writer at a time, across processes
     scorecard.json       cache of the label-free scorecard (retrieval/scorecard.py) of one generation, per seed and
                          sample: {"generation": G, "cards": {"<seed>/<sample>": card}}; stale once G changes
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import IndexNotFoundError, LookalikeError
-from .fsutil import atomic_write_json, fsync_path, is_temp
+from .fsutil import atomic_write_bytes, atomic_write_json, fsync_path, is_temp
 from .index_kinds import KINDS, is_type
 
 FORMAT_VERSION = 1
@@ -43,7 +45,8 @@ CREATE TABLE items(id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQ
 CREATE TABLE skipped(path TEXT NOT NULL, reason TEXT NOT NULL);
 """
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
-_DATA_FILE_RE = re.compile(r"(index\.\d+\.faiss|items\.\d+\.sqlite)")  # also matches SQLite's -journal files
+# the data files of a generation (also matches SQLite's -journal files)
+_DATA_FILE_RE = re.compile(r"(index\.\d+\.faiss|items\.\d+\.sqlite|whitening\.\d+\.npz)")
 _LEGACY_TMP = MANIFEST + ".tmp"  # the manifest's temporary before fsutil named them all alike
 
 
@@ -53,6 +56,38 @@ def items_file(generation: int) -> str:
 
 def index_file(generation: int) -> str:
     return f"index.{generation}.faiss"
+
+
+def whitening_file(generation: int) -> str:
+    return f"whitening.{generation}.npz"
+
+
+def write_whitening(path: Path, whitening: Any) -> None:
+    """Store a :class:`retrieval.pipeline.Whitening` atomically as plain arrays (read back without pickle)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, mean=whitening.mean, projection=whitening.projection,
+             facts=np.array([whitening.shrinkage, whitening.fitted_on], np.float64))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_whitening(path: Path) -> Any:
+    """The :class:`retrieval.pipeline.Whitening` stored at ``path``."""
+    import numpy as np
+
+    from .pipeline import Whitening
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            mean, proj, facts = f["mean"], f["projection"], f["facts"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise LookalikeError(f"index {path.parent.name!r}: unreadable {path.name} ({exc}); rebuild the index") from None
+    if mean.ndim != 1 or proj.ndim != 2 or proj.shape[0] != mean.shape[0]:
+        raise LookalikeError(f"index {path.parent.name!r}: {path.name} has inconsistent shapes; rebuild the index")
+    return Whitening(mean.astype(np.float32), proj.astype(np.float32), float(facts[0]), int(facts[1]))
 
 
 def crash_point(step: str) -> None:

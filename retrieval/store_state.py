@@ -18,7 +18,7 @@ import numpy as np
 from .collection import Item
 from .errors import LookalikeError
 from .index_kinds import search_parameters
-from .store_files import gone_error, read_db, read_manifest
+from .store_files import gone_error, read_db, read_manifest, read_whitening
 
 if TYPE_CHECKING:  # pragma: no cover
     import faiss
@@ -46,7 +46,13 @@ class State:
     mtimes: np.ndarray  # (R,) float64
     deleted: np.ndarray  # (R,) bool
     skipped: list[tuple[str, str]]
+    whitening: Any = None  # retrieval.pipeline.Whitening of a whitened index, applied to every vector it is given
     _items: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @functools.cached_property
+    def row_of(self) -> dict[str, int]:
+        """Row of each path (live or not), built once per snapshot (QE/DBA look their shortlist up here)."""
+        return {p: i for i, p in enumerate(self.paths)}
 
     @functools.cached_property
     def live(self) -> int:
@@ -62,7 +68,7 @@ class State:
         return self._items
 
 
-def load_rows(db: Path, manifest: dict, index: faiss.Index) -> State:
+def load_rows(db: Path, manifest: dict, index: faiss.Index, whitening: Any = None) -> State:
     con = read_db(db)
     try:
         rows = con.execute("SELECT id, path, size, mtime, label, deleted FROM items ORDER BY id").fetchall()
@@ -75,7 +81,7 @@ def load_rows(db: Path, manifest: dict, index: faiss.Index) -> State:
                   sizes=np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows)),
                   mtimes=np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows)),
                   deleted=np.fromiter((bool(r[5]) for r in rows), dtype=bool, count=len(rows)),
-                  skipped=[(r[0], r[1]) for r in skipped])
+                  skipped=[(r[0], r[1]) for r in skipped], whitening=whitening)
 
 
 def load_state(directory: Path) -> State:
@@ -89,7 +95,9 @@ def load_state(directory: Path) -> State:
             raise gone_error(directory) from None
         try:
             index = faiss.read_index(str(directory / manifest["files"]["index"]))
-            state = load_rows(directory / manifest["files"]["items"], manifest, index)
+            whitening = manifest["files"].get("whitening")
+            state = load_rows(directory / manifest["files"]["items"], manifest, index,
+                              whitening=read_whitening(directory / whitening) if whitening else None)
         except (RuntimeError, sqlite3.Error, OSError) as exc:
             if attempt < 4 and read_manifest(directory).get("generation") != manifest["generation"]:
                 continue  # superseded while we read it: take the new one

@@ -26,6 +26,11 @@ if TYPE_CHECKING:  # pragma: no cover
 # listing indexes or reading a manifest starts in a fraction of a second.
 
 Progress = Callable[[int, int], None]
+# Search-time stages a search gets unless told otherwise (measured: docs/retrieval-tools.md, bench/pipeline.py).
+# Off: αQE over 2 neighbours won on Tux Paint, copy detection and Fashion-MNIST but not on emoji (-0.0006
+# recall@1), and a stage is on by default only where it wins everywhere; DBA lost 0.07 micro-AP on copy detection.
+QE_NEIGHBOURS = 2  # what query expansion uses when it is asked for (the Search tab's toggle)
+SEARCH_DEFAULTS = {"qe": 0, "dba": 0}
 
 # In an indexes root: which index a command that names none uses (``lookalike search IMAGE``). Written by
 # ``index build/search --set-default`` and the demo; ignored where the index it names no longer exists.
@@ -63,10 +68,11 @@ class BuildReport:
     added: int = 0
     removed: int = 0
     images_per_s: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the user should know (e.g. a stale whitening)
 
     def to_json(self) -> dict:
         return {"name": self.name, "count": self.count, "dim": self.dim, "encoder": self.encoder,
-                "added": self.added, "removed": self.removed,
+                "added": self.added, "removed": self.removed, "notes": self.notes,
                 "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped]}
 
 
@@ -203,8 +209,12 @@ class Workspace:
     # ----- writes --------------------------------------------------------------------------------------------
     def build(self, directory: str | Path, encoder_spec: str, name: str, index_type: str = "auto",
               overwrite: bool = False, batch_size: int = 64, workers: int | None = None, progress: bool = True,
-              on_progress: Progress | None = None, ranks: Ranks | None = None) -> BuildReport | None:
+              on_progress: Progress | None = None, ranks: Ranks | None = None, whiten: bool = False,
+              whiten_dim: int | None = None, calibrate: bool = True) -> BuildReport | None:
         """Scan ``directory``, embed every good image, write ``root/name``. Bad files are reported, not fatal.
+
+        ``whiten``/``whiten_dim``: learn a PCA-whitening on the collection (:meth:`IndexStore.create`).
+        ``calibrate``: calibrate the index's "same photo" threshold (:func:`retrieval.duplicates.calibrate`).
 
         With ``ranks`` (a ``torchrun`` job, :mod:`retrieval.distributed`) rank 0 scans, every rank embeds its
         shard and rank 0 alone writes the index and gets the report; the other ranks get None."""
@@ -233,7 +243,11 @@ class Workspace:
         store = IndexStore.create(self.root, name, encoder.identity, encoder.dim, Path(directory).resolve(),
                                   index_type=index_type, overwrite=overwrite,
                                   items=[by_path[p] for p in result.paths], vectors=result.vectors,
-                                  skipped=skipped)
+                                  skipped=skipped, whiten=whiten, whiten_dim=whiten_dim)
+        if calibrate:
+            from .duplicates import calibrate as calibrate_duplicates
+
+            store.set_duplicates(calibrate_duplicates(store, encoder, collection))
         self.forget(name)
         return BuildReport(name, store.count, encoder.dim, encoder.identity, sorted(skipped, key=_by_path),
                            added=len(result.paths), images_per_s=result.images_per_s)
@@ -299,7 +313,8 @@ class Workspace:
             skipped = [s for s in store.skipped() if s.path not in fixed and s.path not in by_path] + skipped
         store.update(items=[by_path[p] for p in paths], vectors=vectors, remove=to_remove, skipped=skipped)
         return BuildReport(store.name, store.count, store.dim, identity, sorted(skipped, key=_by_path),
-                           added=len(paths), removed=len(to_remove), images_per_s=rate)
+                           added=len(paths), removed=len(to_remove), images_per_s=rate,
+                           notes=_whitening_notes(store.manifest))
 
     def _embed(self, store: IndexStore, collection: Collection, to_embed: list[Item], progress: bool,
                on_progress: Progress | None) -> tuple[list[str], object, list[Skipped], dict, float]:
@@ -325,16 +340,19 @@ class Workspace:
         return p.as_posix()
 
     # ----- reads ---------------------------------------------------------------------------------------------
-    def search(self, name: str, image, k: int = 10, encoder_spec: str | None = None) -> list[Result]:
-        """Top-k of ``image`` (path, bytes or PIL image) in index ``name``, best first."""
+    def search(self, name: str, image, k: int = 10, encoder_spec: str | None = None, qe: int | None = None,
+               dba: int | None = None) -> list[Result]:
+        """Top-k of ``image`` (path, bytes or PIL image) in index ``name``, best first. ``qe``/``dba``: αQE /
+        database-side augmentation over that many neighbours (0: off; None: :data:`SEARCH_DEFAULTS`)."""
         from .embed import embed_query
 
         if k < 1:
             raise LookalikeError("k must be at least 1")
         store = self.store(name)
         encoder = self.encoder_for(store, encoder_spec)
-        vector = embed_query(encoder, image)
-        hits = store.search(vector[None, :], k)[0]
+        vector = embed_query(encoder, image)  # the encoder's vector: a whitened index whitens it itself
+        hits = store.search(vector[None, :], k, qe=SEARCH_DEFAULTS["qe"] if qe is None else qe,
+                            dba=SEARCH_DEFAULTS["dba"] if dba is None else dba)[0]
         return [Result(i + 1, h.path, float(h.score), h.label) for i, h in enumerate(hits)]
 
     def resolve(self, name: str, rel_path: str) -> Path:
@@ -367,11 +385,25 @@ def default_encoder() -> tuple[str, str]:
         return DEFAULT_SPEC, "the pretrained encoder installed here"
     hint = install_hint(DEFAULT_SPEC.partition(":")[2])
     return FALLBACK_ENCODER, f"no pretrained encoder is installed ({hint})"
+
+
 def _unchanged(current: Collection, known: dict[str, tuple[int, float]], skipped: list[tuple[str, str]]) -> bool:
     """Whether a fresh scan finds exactly the items ``known`` (same sizes and mtimes) and the same skipped files."""
     return (len(current.items) == len(known)
             and all(known.get(it.path) == (it.size, it.mtime) for it in current.items)
             and sorted((s.path, s.reason) for s in current.skipped) == skipped)
+
+
+def _whitening_notes(manifest: dict) -> list[str]:
+    """A refresh keeps the whitening fitted at build; once the items added since reach WHITEN_REFIT_SHARE of those
+    it was fitted on, say so (refitting needs every image re-embedded: a whitened index keeps no raw vectors)."""
+    from .pipeline import WHITEN_REFIT_SHARE
+
+    fit = manifest.get("whitening")
+    if not fit or fit["added_since_fit"] < WHITEN_REFIT_SHARE * fit["fitted_on"]:
+        return []
+    return [f"the whitening was learned on {fit['fitted_on']} images and {fit['added_since_fit']} were added since: "
+            f"rebuild the index ('lookalike index build ... --whiten --overwrite') to learn it again"]
 
 
 def evaluate_folder(directory: str | Path, encoder: Encoder, progress: bool = True,

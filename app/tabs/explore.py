@@ -11,6 +11,7 @@ import gradio as gr
 import numpy as np
 
 from retrieval.errors import BadImageError
+from retrieval.duplicates import FALLBACK_THRESHOLD, duplicate_threshold
 from retrieval.neighbours import MAPS, near_duplicate_pairs, pca_2d
 from retrieval.thumbnails import identity
 
@@ -137,14 +138,22 @@ class ExploreTab(Tab):
         return len(paths)
 
     @user_errors
-    def near_duplicates(self, name: str | None, threshold: float = 0.95, neighbours: float = 5):
+    def default_threshold(self, name: str | None):
+        """The index's calibrated "same photo" cosine (retrieval.duplicates), as the slider's value."""
+        if not name:
+            return gr.skip()
+        return gr.update(value=round(duplicate_threshold(self.ctx.ws.info(name)), 3))
+
+    @user_errors
+    def near_duplicates(self, name: str | None, threshold: float = FALLBACK_THRESHOLD, neighbours: float = 5):
         """(summary, [[cosine, a, b], …], gallery of the first pairs side by side)."""
         name = self.ctx.require_index(name)
         store = self.ctx.ws.store(name)
         paths, vectors = store.vectors()
         if len(paths) < 2:
             return "Fewer than two images: nothing to compare.", [], []
-        pairs = near_duplicate_pairs(paths, vectors, store.search, float(threshold), neighbours=int(neighbours))
+        pairs = near_duplicate_pairs(paths, vectors, lambda q, k: store.search(q, k, whitened=True), float(threshold),
+                                     neighbours=int(neighbours))
         gallery = [(self.ctx.thumbnail(name, path), f"#{i} {score:.3f} · {path}")
                    for i, (score, a, b) in enumerate(pairs[:PAIRS_SHOWN], start=1) for path in (a, b)]
         summary = (f"{len(pairs)} pair(s) with cosine ≥ {float(threshold):.3f} among {len(paths)} images"
@@ -154,9 +163,10 @@ class ExploreTab(Tab):
     def layout(self) -> None:
         # each index's cached label-free scorecard (app.opening prefers the highest; nothing is computed here)
         manifests = [{**m, "scorecard": self.ctx.ws.cached_scorecard(m["name"])} for m in self.ctx.ws.list()]
+        opening = self.ctx.opening.explore_index(manifests)
+        calibrated = duplicate_threshold(next((m for m in manifests if m["name"] == opening), {}))
         with gr.Row():
-            self.index = self.ctx.pickers.add(gr.Dropdown([m["name"] for m in manifests],
-                                                          value=self.ctx.opening.explore_index(manifests),
+            self.index = self.ctx.pickers.add(gr.Dropdown([m["name"] for m in manifests], value=opening,
                                                           label="Index", allow_custom_value=True, scale=3))
             self.kind = gr.Radio(list(MAPS), value="PCA", label="Map", scale=2, info=_kinds_info())
             self.points = gr.Slider(100, MAX_MAP_POINTS, value=MAP_POINTS, step=100, label="Points on the map",
@@ -168,7 +178,8 @@ class ExploreTab(Tab):
         gr.Markdown("**Near duplicates** — pairs whose embeddings have cosine similarity above the threshold "
                     "(nearest-neighbour search in batches).")
         with gr.Row():
-            self.threshold = gr.Slider(0.5, 1.0, value=0.95, step=0.005, label="Cosine threshold", scale=3)
+            self.threshold = gr.Slider(0.0, 1.0, value=round(calibrated, 3), step=0.005, scale=3,
+                                       label="Cosine threshold (set to the index's calibrated 'same photo' value)")
             self.neighbours = gr.Slider(1, 50, value=5, step=1, label="Neighbours per image", scale=2)
             self.pairs_button = gr.Button("Find near duplicates", scale=1)
         self.summary = gr.Markdown("")
@@ -179,6 +190,7 @@ class ExploreTab(Tab):
                                       scale=1)
 
     def wire(self, page: gr.Blocks) -> None:
+        self.index.change(self.default_threshold, [self.index], [self.threshold], api_visibility="private")
         self.map_button.click(self.map, [self.index, self.points, self.kind], [self.plot, self.map_job, self.map_timer],
                               api_visibility="private")
         self.map_timer.tick(self.tick, [self.map_job], [self.plot, self.map_job, self.map_timer],

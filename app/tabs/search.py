@@ -3,7 +3,9 @@
 The clicked result's full picture becomes the query, and a line under the results names it (path, size,
 dimensions) with a link that opens the original.
 
-Its button is the public ``/search`` endpoint: (image, index, k) → (gallery, ``[{"rank", "path", "score"}, …]``).
+Its button is the public ``/search`` endpoint: (image, index, k, expand) → (gallery, ``[{"rank", "path", "score"},
+…]``); ``expand`` re-ranks with query expansion (αQE over ``retrieval.workspace.QE_NEIGHBOURS`` results; off by
+default, as ``SEARCH_DEFAULTS`` says).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import gradio as gr
 
 from retrieval.errors import LookalikeError
+from retrieval.workspace import QE_NEIGHBOURS, SEARCH_DEFAULTS
 
 from ..context import Tab, parse_k, user_errors
 from ..serving import query_source, require_image
@@ -20,19 +23,20 @@ class SearchTab(Tab):
     title, id = "Search", "search"
 
     @user_errors
-    def search(self, image: dict | str | None, index: str | None, k: float = 10):
+    def search(self, image: dict | str | None, index: str | None, k: float = 10,
+               expand: bool = bool(SEARCH_DEFAULTS["qe"])):
         """Top-k of the query image in one index → (gallery, JSON results, [index, path] per result for a click)."""
         name = self.ctx.require_index(index)
         path = require_image(image)
-        results = self.ctx.ws.search(name, path, k=parse_k(k))
+        results = self.ctx.ws.search(name, path, k=parse_k(k), qe=QE_NEIGHBOURS if expand else 0)
         return self.ctx.gallery(name, results), [r.to_json() for r in results], [[name, r.path] for r in results]
 
     @user_errors
-    def search_if_ready(self, image, index, k):
-        """The same search, fired by changing the query, index or k; quiet while something is still missing."""
+    def search_if_ready(self, image, index, k, expand=bool(SEARCH_DEFAULTS["qe"])):
+        """The same search, fired by changing the query, index, k or expansion; quiet while something is missing."""
         if not query_source(image) or not index:
             return [], [], []
-        return self.search(image, index, k)
+        return self.search(image, index, k, expand)
 
     @user_errors
     def pick_result(self, shown: list[list[str]] | None, evt: gr.SelectData):
@@ -58,6 +62,8 @@ class SearchTab(Tab):
                         scale=4, elem_id="search-index"))
                     self.reload = gr.Button("↻", scale=0, min_width=40, size="sm")
                 self.k = gr.Slider(1, 50, value=10, step=1, label="k (results)")
+                self.expand = gr.Checkbox(bool(SEARCH_DEFAULTS["qe"]), elem_id="search-expand",
+                                          label=f"Query expansion (αQE over the {QE_NEIGHBOURS} best results)")
                 self.button = gr.Button("Search", variant="primary", elem_id="search-button")
                 if self.ctx.examples:
                     gr.Examples(examples=[[p] for p in self.ctx.examples], inputs=[self.query], label="Examples")
@@ -70,10 +76,10 @@ class SearchTab(Tab):
         self.paths = gr.State([])
 
     def wire(self, page: gr.Blocks) -> None:
-        inputs, outputs = [self.query, self.index, self.k], [self.gallery, self.json, self.paths]
+        inputs, outputs = [self.query, self.index, self.k, self.expand], [self.gallery, self.json, self.paths]
         # preprocess=False: the handler gets the upload undecoded (see app.serving.query_source).
         self.button.click(self.search, inputs, outputs, api_name="search", preprocess=False)
-        for trigger in (self.query.change, self.index.change, self.k.release):
+        for trigger in (self.query.change, self.index.change, self.k.release, self.expand.change):
             trigger(self.search_if_ready, inputs, outputs, api_visibility="private", trigger_mode="always_last",
                     preprocess=False)
         self.gallery.select(self.pick_result, [self.paths], [self.query, self.picked], api_visibility="private")

@@ -342,3 +342,19 @@ def test_a_map_whose_package_is_missing_says_how_to_install_it(env, monkeypatch)
     monkeypatch.setitem(MAPS, "absent", MapKind(lambda v: v, "x", module="no_such_module_here", extra="maps"))
     with pytest.raises(gr.Error, match=r"pip install 'lookalike\[maps\]'"):
         env.app.explore.map("px", 3000, "absent")
+
+
+def test_search_toggle_asks_for_query_expansion_and_explore_starts_at_the_calibrated_threshold(env, monkeypatch):
+    from retrieval.workspace import QE_NEIGHBOURS
+
+    asked = []
+    real = env.ws.search
+    monkeypatch.setattr(env.ws, "search", lambda *a, **kw: asked.append(kw) or real(*a, **kw))
+    monkeypatch.setattr("app.tabs.search.require_image", lambda image: image["path"])  # as if uploaded
+    query = {"path": str(env.images[0])}
+    plain = env.app.search.search(query, "px", 3, False)[1]
+    expanded = env.app.search.search(query, "px", 3, True)[1]
+    assert [kw["qe"] for kw in asked] == [0, QE_NEIGHBOURS]
+    assert plain[0]["path"] == expanded[0]["path"]
+    calibrated = env.ws.info("px")["duplicates"]["threshold"]
+    assert env.app.explore.default_threshold("px")["value"] == round(calibrated, 3)
