@@ -50,7 +50,7 @@ def _resize(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 def _crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     w, h = img.size
     keep = np.sqrt(rng.uniform(0.8, 0.95))  # 80-95% of the area
-    cw, ch = max(8, round(w * keep)), max(8, round(h * keep))
+    cw, ch = min(w, max(8, round(w * keep))), min(h, max(8, round(h * keep)))  # tiny images: kept whole
     x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
     return img.crop((x, y, x + cw, y + ch))
 
