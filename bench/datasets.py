@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import os
 import re
+import sys
+import time
 import zlib
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from retrieval.errors import LookalikeError
 
@@ -161,6 +164,25 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) - header != int(np.prod(shape)):
         raise LookalikeError(f"{path}: {len(data) - header} bytes of data for shape {shape}")
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
+GREY_BATCH = 64  # at 224 px, batches of 256 embedded slower than 64 on a 2-core CPU (activations past the caches)
+
+
+def embed_grey(encoder, images: np.ndarray, batch: int = GREY_BATCH) -> tuple[np.ndarray, float]:
+    """(N, H, W) uint8 grey images -> ((N, dim) vectors, seconds), resized on the encoder's own terms."""
+    import torch
+    import torch.nn.functional as F
+
+    mode = "bicubic" if encoder.interpolation == "bicubic" else "bilinear"
+    s = encoder.image_size
+    out = np.zeros((len(images), encoder.dim), np.float32)
+    t0 = time.perf_counter()
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch])).float()[:, None]  # (B, 1, H, W)
+        x = F.interpolate(x, size=(s, s), mode=mode, align_corners=False).round_().clamp_(0, 255)
+        out[start:start + len(x)] = encoder.embed_uint8(x.to(torch.uint8).expand(-1, 3, -1, -1).contiguous())
+    return out, time.perf_counter() - t0
 
 
 def load_split(split: str, root: Path = FASHION_MNIST) -> tuple[np.ndarray, np.ndarray]:
@@ -338,6 +360,136 @@ class EmojiPairs:
         self.truth = {p: where[key(p)] for p in self.query_paths}
         self.ground_truth = "unified code (emoji.json)" if codes else "relative file name"
         self.dropped = len(self.queries.items) - len(self.query_paths)
+
+
+
+# ----- copy detection: edited copies of the Tux Paint photos among distractors (DISC21's protocol) -----------------
+COPY_SIZE = 256
+COPY_SPLIT = (0.5, 0.25)  # references, indexed distractors; the rest are the negative queries' photos
+COPY_FMNIST = {"quick": 300, "full": 2000}
+COPY_FMNIST_SIZE = 112
+COPY_WORDS = ("SALE", "copy", "Lookalike", "2026", "hello", "photo", "OK", "news")
+
+
+def _copy_crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Keep 30-70% of the area, aspect ratio within 3/4..4/3, anywhere in the image."""
+    w, h = img.size
+    area, ratio = rng.uniform(0.3, 0.7), np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    cw, ch = min(w, round(w * np.sqrt(area * ratio))), min(h, round(h * np.sqrt(area / ratio)))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return img.crop((x, y, x + cw, y + ch))
+
+
+def _copy_rotate(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    angle = rng.uniform(10, 40) * rng.choice([-1, 1])
+    fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+    return img.rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=fill)
+
+
+def _copy_colour(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Hue rotated by up to a sixth of the circle, saturation, brightness and contrast changed."""
+    h, s, v = img.convert("HSV").split()
+    shift = int(rng.uniform(-43, 43))
+    h = h.point(lambda x: (x + shift) % 256)
+    img = Image.merge("HSV", (h, s, v)).convert("RGB")
+    for enhance, lo, hi in ((ImageEnhance.Color, 0.4, 1.8), (ImageEnhance.Brightness, 0.65, 1.35),
+                            (ImageEnhance.Contrast, 0.65, 1.4)):
+        img = enhance(img).enhance(rng.uniform(lo, hi))
+    return img
+
+
+def _copy_jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(rng.integers(25, 36)))
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def _copy_overlay(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A filled shape (15-35% of the side) and a word in a random colour, at random places."""
+    img = img.copy()
+    draw = ImageDraw.Draw(img)
+    w, h = img.size
+    side = round(min(w, h) * rng.uniform(0.15, 0.35))
+    x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+    (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + side, y + side), fill=colour)
+    font = ImageFont.load_default(size=max(10, round(min(w, h) * rng.uniform(0.08, 0.16))))
+    word = COPY_WORDS[int(rng.integers(len(COPY_WORDS)))]
+    at = (int(rng.integers(0, max(1, w // 2))), int(rng.integers(0, max(1, h - h // 6))))
+    draw.text(at, word, font=font, fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return img
+
+
+def _copy_flip(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return ImageOps.mirror(img)
+
+
+def _copy_blur(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(1.5, 3.5) * min(img.size) / COPY_SIZE))
+
+
+COPY_SINGLE = {"crop": _copy_crop, "rotate": _copy_rotate, "colour": _copy_colour, "jpeg": _copy_jpeg,
+               "overlay": _copy_overlay, "flip": _copy_flip, "blur": _copy_blur}
+COPY_EDITS = (*COPY_SINGLE, "combo")  # combo: two other edits in random order, then JPEG
+
+
+def copy_edit(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
+    """``img`` with edit ``kind`` (one of :data:`COPY_EDITS`) applied, every parameter drawn from ``rng``."""
+    if kind == "combo":
+        others = [k for k in COPY_SINGLE if k != "jpeg"]
+        for k in rng.choice(others, size=2, replace=False):
+            img = COPY_SINGLE[str(k)](img, rng)
+        return _copy_jpeg(img, rng)
+    return COPY_SINGLE[kind](img.convert("RGB"), rng)
+
+
+def copy_query_edit(i: int, seed: int) -> tuple[str, np.random.Generator]:
+    """The edit of query ``i`` and the generator of its parameters."""
+    return COPY_EDITS[i % len(COPY_EDITS)], np.random.default_rng([seed, 7, i])
+
+
+def copy_split_photos(paths: list[Path], seed: int) -> tuple[list[Path], list[Path], list[Path]]:
+    """(references, indexed distractors, never indexed): a seeded permutation cut by :data:`COPY_SPLIT`."""
+    order = [paths[i] for i in np.random.default_rng([seed, 3]).permutation(len(paths))]
+    a, b = round(len(order) * COPY_SPLIT[0]), round(len(order) * sum(COPY_SPLIT))
+    return order[:a], order[a:b], order[b:]
+
+
+def build_copy_detection(root: Path, seed: int, fmnist: int) -> dict:
+    """Write ``root/db`` and ``root/queries``; return the ground truth and the counts."""
+    stamps = [p for files in stamp_categories(min_per_category=1).values() for p in files]
+    refs, distractors, unseen = copy_split_photos(stamps, seed)
+    db, qdir = root / "db", root / "queries"
+    for sub in ("ref", "distractor"):
+        (db / sub).mkdir(parents=True, exist_ok=True)
+    qdir.mkdir(parents=True)
+    originals = {}
+    for i, p in enumerate(refs):
+        originals[f"ref/{i:04d}.png"] = composite_on_texture(p, COPY_SIZE, seed)
+    for name, im in originals.items():
+        im.save(db / name)
+    for j, p in enumerate(distractors):
+        composite_on_texture(p, COPY_SIZE, seed).save(db / "distractor" / f"tux{j:04d}.png")
+    n_fm = 0
+    try:
+        images, _ = load_split("train")
+        for k in np.random.default_rng([seed, 5]).permutation(len(images))[:fmnist]:
+            Image.fromarray(images[k]).convert("RGB").resize((COPY_FMNIST_SIZE,) * 2, Image.Resampling.BICUBIC).save(
+                db / "distractor" / f"fmnist{k:05d}.png")
+            n_fm += 1
+    except FileNotFoundError as exc:
+        print(f"no Fashion-MNIST distractors: {exc}", file=sys.stderr)
+    truth: dict[str, str | None] = {}
+    sources: list = list(originals.items())
+    sources += [(None, composite_on_texture(p, COPY_SIZE, seed)) for p in unseen]
+    for i, (ref, im) in enumerate(sources):
+        kind, rng = copy_query_edit(i, seed)
+        qname = f"{'pos' if ref else 'neg'}{i:04d}_{kind}.png"
+        copy_edit(im, kind, rng).save(qdir / qname)
+        truth[qname] = ref
+    return {"truth": truth, "references": len(refs), "tux_distractors": len(distractors),
+            "fmnist_distractors": n_fm, "positive_queries": len(refs), "negative_queries": len(unseen)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,35 +23,16 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 
 from bench import photos
-from bench.datasets import CLASSES, FASHION_MNIST, FILES, load_split, subsample, write_pngs
+from bench.datasets import CLASSES, FASHION_MNIST, FILES, embed_grey, load_split, subsample, write_pngs
 
 NAME = "fashion_mnist"
 QUICK = {"train": 2000, "test": 1000}
-BATCH = 64  # at 224 px, batches of 256 embedded slower than 64 on this CPU (activations past the caches)
 HEADLINE = ("knn_acc",)  # what "beats" means in the goals
 COLUMNS = ("knn_acc", "knn@20")
-
-
-def embed_grey(encoder, images: np.ndarray, batch: int = BATCH) -> tuple[np.ndarray, float]:
-    """(N, H, W) uint8 grey images -> ((N, dim) vectors, seconds), resized on the encoder's own terms."""
-    import torch
-    import torch.nn.functional as F
-
-    mode = "bicubic" if encoder.interpolation == "bicubic" else "bilinear"
-    s = encoder.image_size
-    out = np.zeros((len(images), encoder.dim), np.float32)
-    t0 = time.perf_counter()
-    for start in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch])).float()[:, None]  # (B, 1, H, W)
-        x = F.interpolate(x, size=(s, s), mode=mode, align_corners=False).round_().clamp_(0, 255)
-        out[start:start + len(x)] = encoder.embed_uint8(x.to(torch.uint8).expand(-1, 3, -1, -1).contiguous())
-    return out, time.perf_counter() - t0
 
 
 def result_name(args) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import save_result
+from bench.common import logger, save_result
 from retrieval.metrics import knn_accuracy, map_at_k, micro_average_precision, relevance_from_labels, top_k
 from retrieval.pipeline import SHORTLIST, background_normalise, calibrate_threshold, fit_whitening, rerank
 
@@ -43,8 +43,7 @@ EXPANSION = {"": (0, 0), "+qe2": (2, 0), "+dba2": (0, 2), "+qe2+dba2": (2, 2)}
 BENCHMARKS = ("tuxpaint", "copy", "fmnist", "emoji")
 
 
-def _log(msg: str) -> None:
-    print(f"[pipeline] {msg}", flush=True)
+_log = logger("pipeline")
 
 
 # ----- the pipeline applied to a benchmark's vectors -----------------------------------------------------------
@@ -95,15 +94,15 @@ def rows_for(score, db: np.ndarray, queries: np.ndarray | None) -> dict:
 
 class Tuxpaint:
     def __init__(self, tmp: Path, seed: int):
-        from bench.tuxpaint import check_installed, make_folder
-        from bench.tuxpaint_retrieval import MIN_PER_CATEGORY, SETS, SIZE
+        from bench.datasets import BACKGROUNDS as SETS
+        from bench.datasets import check_installed, make_folder
         from retrieval.collection import scan
 
         check_installed()
         self.sets = SETS
         self.collections = {}
         for s in SETS:
-            make_folder(tmp / s, MIN_PER_CATEGORY, SIZE, background=s, seed=seed)
+            make_folder(tmp / s, background=s, seed=seed)  # 8 per category, 256 px: the photo benchmarks' folders
             self.collections[s] = scan(tmp / s, labels=True, progress=False)
 
     def embed(self, encoder) -> dict:
@@ -133,8 +132,9 @@ class Tuxpaint:
 
 class Copy:
     def __init__(self, tmp: Path, seed: int):
-        from bench.copy_detection import FMNIST, build
-        from bench.tuxpaint import check_installed
+        from bench.datasets import COPY_FMNIST as FMNIST
+        from bench.datasets import build_copy_detection as build
+        from bench.datasets import check_installed
         from retrieval.collection import scan
 
         check_installed()
@@ -201,7 +201,7 @@ class Copy:
 
 class Fmnist:
     def __init__(self, tmp: Path, seed: int, db: int, test: int):
-        from bench.fashion_mnist import load_split, subsample
+        from bench.datasets import load_split, subsample
 
         tx, ty = load_split("train")
         keep = subsample(len(tx), db, seed, 0)
@@ -211,7 +211,7 @@ class Fmnist:
         self.test = (sx[keep], sy[keep])
 
     def embed(self, encoder) -> dict:
-        from bench.fashion_mnist import embed_grey
+        from bench.datasets import embed_grey
 
         return {"db": embed_grey(encoder, self.db[0])[0], "queries": embed_grey(encoder, self.test[0])[0],
                 "db_y": self.db[1], "q_y": self.test[1]}
@@ -228,12 +228,12 @@ class Fmnist:
 class Emoji:
     def __init__(self, tmp: Path, seed: int, data_dir: Path):
         from app.demo_data import prepare_demo_data
-        from bench.quality import Evaluation
+        from bench.datasets import EmojiPairs
 
         data = prepare_demo_data(data_dir, log=_log)  # reuses what is there; npm pack otherwise
         if data.source != "emoji":
             raise FileNotFoundError("the emoji demo data is unavailable (npm or the registry)")
-        self.ev = Evaluation(data.collection, data.queries, data.meta)
+        self.ev = EmojiPairs(data.collection, data.queries, data.meta)
 
     def embed(self, encoder) -> dict:
         from retrieval.embed import embed_collection

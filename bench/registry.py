@@ -62,6 +62,9 @@ BENCHMARKS: dict[str, Benchmark] = {
     "runtimes": Benchmark("torch.compile and ONNX Runtime (fp32, int8) against the eager forward: speed, agreement",
                           8.0, ("tuxpaint",)),
     "build_profile": Benchmark("where lookalike index build's time goes, phase by phase", 3.0),
+    "pipeline": Benchmark("the search pipeline's stages (pooling, scales, whitening, QE/DBA, score normalisation, "
+                          "duplicate threshold) with the pretrained encoder on the four benchmarks", 15.0,
+                          ("tuxpaint",)),
     "refresh_unchanged": Benchmark("lookalike index refresh of an unchanged folder in a fresh process", 3.0),
 }
 

@@ -11,8 +11,12 @@ import pytest
 from PIL import Image
 
 from bench import photos
-from bench.copy_detection import EDITS, SINGLE, edit, query_edit, split_photos
+from bench.datasets import COPY_EDITS as EDITS
+from bench.datasets import COPY_SINGLE as SINGLE
 from bench.datasets import composite_on_texture, read_idx, subsample
+from bench.datasets import copy_edit as edit
+from bench.datasets import copy_query_edit as query_edit
+from bench.datasets import copy_split_photos as split_photos
 from retrieval.errors import LookalikeError
 
 
