@@ -27,12 +27,15 @@ import re
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 from .errors import IndexNotFoundError, LookalikeError
 from .fsutil import atomic_write_bytes, atomic_write_json, fsync_path, is_temp
 from .index_kinds import KINDS, is_type
+
+_T = TypeVar("_T")
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -184,20 +187,29 @@ def describe(directory: Path, manifest: dict, skipped: int | None = None) -> dic
 def describe_from_disk(root: Path, name: str) -> dict | None:
     """:func:`describe` of index ``name`` from its files alone (no FAISS, no NumPy); None where the manifest does
     not count its vectors (open the index to describe it)."""
+    def read(directory: Path, manifest: dict) -> dict | None:
+        if not all(isinstance(manifest.get(k), int) for k in ("vectors", "count")):
+            return None  # written before manifests counted their vectors (or edited by hand): open it instead
+        return describe(directory, manifest)
+
+    return _read_one_generation(root, name, read)
+
+
+def _read_one_generation(root: Path, name: str, read: Callable[[Path, dict], _T]) -> _T:
+    """``read(directory, manifest)`` of index ``name``, again with a fresh manifest where a writer swapped
+    generations between reading the manifest and reading the files it names (five tries)."""
     directory = root / validate_name(name)
     for attempt in range(5):
         try:
             manifest = read_manifest(directory)
         except FileNotFoundError:
             raise not_found_error(root, name) from None
-        if not all(isinstance(manifest.get(k), int) for k in ("vectors", "count")):
-            return None  # written before manifests counted their vectors (or edited by hand): open it instead
         try:
-            return describe(directory, manifest)
+            return read(directory, manifest)
         except (sqlite3.Error, OSError):
             if attempt == 4:
                 raise LookalikeError(f"index {name!r} kept changing while being read; try again") from None
-    return None  # not reached
+    raise AssertionError("not reached")
 
 
 # ----- the scorecard's cache ------------------------------------------------------------------------------------
@@ -227,28 +239,22 @@ def write_scorecard(directory: Path, generation: int, card: dict, seed: int = 0,
         cache = {"generation": generation, "cards": {}}
     cache.setdefault("cards", {})[_scorecard_key(seed, sample)] = card
     atomic_write_json(directory / SCORECARD, cache)
+
+
 def read_known(root: Path, name: str) -> tuple[dict, dict[str, tuple[int, float]], list[tuple[str, str]]]:
     """(manifest, live path → (size, mtime), skipped (path, reason) by path) of index ``name``, read from its
     SQLite file alone (no FAISS, no NumPy): what a refresh compares a fresh scan with."""
-    directory = root / validate_name(name)
-    for attempt in range(5):
+    def read(directory: Path, manifest: dict) -> tuple[dict, dict[str, tuple[int, float]], list[tuple[str, str]]]:
+        con = read_db(directory / manifest["files"]["items"])
         try:
-            manifest = read_manifest(directory)
-        except FileNotFoundError:
-            raise not_found_error(root, name) from None
-        try:
-            con = read_db(directory / manifest["files"]["items"])
-            try:
-                known = {p: (int(s), float(m)) for p, s, m in
-                         con.execute("SELECT path, size, mtime FROM items WHERE deleted = 0")}
-                skipped = con.execute("SELECT path, reason FROM skipped ORDER BY path").fetchall()
-            finally:
-                con.close()
-            return manifest, known, [(p, r) for p, r in skipped]
-        except (sqlite3.Error, OSError):  # a writer swapped generations between the two reads
-            if attempt == 4:
-                raise LookalikeError(f"index {name!r} kept changing while being read; try again") from None
-    raise AssertionError("not reached")
+            known = {p: (int(s), float(m)) for p, s, m in
+                     con.execute("SELECT path, size, mtime FROM items WHERE deleted = 0")}
+            skipped = con.execute("SELECT path, reason FROM skipped ORDER BY path").fetchall()
+        finally:
+            con.close()
+        return manifest, known, [(p, r) for p, r in skipped]
+
+    return _read_one_generation(root, name, read)
 
 
 # ----- generations ------------------------------------------------------------------------------------------
