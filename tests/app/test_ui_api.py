@@ -119,7 +119,7 @@ def test_a_bare_path_payload_cannot_name_a_file_on_the_server(running_app, tmp_p
     outside = tmp_path / "private.png"
     outside.write_bytes(running_app.images[0].read_bytes())
     call = running_app.url + "gradio_api/call/search"
-    body = json.dumps({"data": [{"path": str(outside)}, "pixels", 2]}).encode()
+    body = json.dumps({"data": [{"path": str(outside)}, "pixels", 2, False]}).encode()
     req = urllib.request.Request(call, data=body, headers={"Content-Type": "application/json"})
     with _DIRECT.open(req, timeout=10) as resp:
         event_id = json.load(resp)["event_id"]
@@ -132,7 +132,7 @@ def test_a_bare_path_payload_cannot_name_a_file_on_the_server(running_app, tmp_p
 def test_the_api_lists_exactly_the_two_named_endpoints(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/search", "/compare"}
-    assert [p["parameter_name"] for p in endpoints["/search"]["parameters"]] == ["image", "index", "k"]
+    assert [p["parameter_name"] for p in endpoints["/search"]["parameters"]] == ["image", "index", "k", "expand"]
     assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == ["image", "indexes", "k"]
 
 
