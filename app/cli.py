@@ -468,12 +468,67 @@ def _add_app_commands(sub) -> None:
     d.set_defaults(func=cmd_demo)
 
 
+# ----- marks (retrieval/marks.py) -----------------------------------------------------------------------------
+def cmd_mark(args) -> int:
+    out = _workspace(args).mark(args.name, args.query, args.result, right=args.right)
+    if args.json:
+        _print_json(out)
+    else:
+        word = "right" if args.right else "wrong"
+        was = out["replaced"]
+        print(f"marked {args.result} {word} for {args.query}"
+              + (f" (replaces the earlier '{'right' if was['right'] else 'wrong'}')" if was else ""))
+    return 0
+
+
+def cmd_marks(args) -> int:
+    ws = _workspace(args)
+    if args.learn:
+        ws.learn_from_marks(args.name, use_labels=not args.no_labels)
+    elif args.undo:
+        ws.undo_learnt(args.name)
+    out = ws.marks(args.name)
+    if args.json:
+        _print_json(out)
+        return 0
+    for m in out["marks"]:
+        print(f"{'right' if m['right'] else 'wrong'}  {m['query_path']} -> {m['result']}"
+              + ("  (stale: no longer in the index, ignored when learning)" if m["stale"] else ""))
+    labels = out["labels_available"]
+    learnt = out["learnt_map"]
+    print(f"{out['right']} right, {out['wrong']} wrong, {out['stale']} stale; {len(labels)} sub-folder labels "
+          f"available; learnt map: " + (f"on (fitted {learnt['fitted']})" if learnt else "off"))
+    return 0
+
+
+def _add_mark_commands(sub) -> None:
+    m = sub.add_parser("mark", help="mark a search result right or wrong for a query (kept with the index)")
+    m.add_argument("name", help="index name")
+    m.add_argument("query", help="the query: an image of the index (path relative to its folder) or any image file")
+    m.add_argument("result", help="the result, an image of the index (path relative to its folder)")
+    way = m.add_mutually_exclusive_group(required=True)
+    way.add_argument("--right", dest="right", action="store_true", help="the result is what the query meant")
+    way.add_argument("--wrong", dest="right", action="store_false", help="it is not")
+    _common(m)
+    m.set_defaults(func=cmd_mark)
+    ms = sub.add_parser("marks", help="list the marks of an index; learn a linear map from them, or undo it")
+    ms.add_argument("name", help="index name")
+    act = ms.add_mutually_exclusive_group()
+    act.add_argument("--learn", action="store_true", help="fit the linear map on the marks (and sub-folder labels) "
+                     "and search through it from now on")
+    act.add_argument("--undo", action="store_true", help="search with the raw vectors again")
+    ms.add_argument("--no-labels", action="store_true", help="with --learn: ignore sub-folder labels")
+    _common(ms)
+    ms.set_defaults(func=cmd_marks)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lookalike", description="Image similarity search on your own photos, with "
                                 "encoders trained on them without labels.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_index_commands(sub)
     _add_query_commands(sub)
+    _add_mark_commands(sub)
 
     t = sub.add_parser("train", help="train an encoder on DIR without labels")
     add_train_arguments(t)

@@ -65,6 +65,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "pipeline": Benchmark("the search pipeline's stages (pooling, scales, whitening, QE/DBA, score normalisation, "
                           "duplicate threshold) with the pretrained encoder on the four benchmarks", 15.0,
                           ("tuxpaint",)),
+    "marks": Benchmark("a few labels: held-out mAP@10 after the map learnt from marks (10%, 1% of the labels, "
+                       "twenty marked queries) on Tux Paint", 5.0, ("tuxpaint",)),
     "refresh_unchanged": Benchmark("lookalike index refresh of an unchanged folder in a fresh process", 3.0),
 }
 

@@ -28,6 +28,7 @@ import sqlite3
 import tempfile
 import threading
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -258,6 +259,31 @@ class IndexStore:
         if qe or dba:
             out = [_reranked(state, q, hits, k, int(qe), int(dba)) for q, hits in zip(queries, out)]
         return out
+
+    def live_ids_vectors(self) -> tuple[np.ndarray, list[str], list[str | None], np.ndarray]:
+        """(ids (N,), paths, labels, (N, dim) float32) of the live items, in id order (for a re-projected copy)."""
+        state = self._state
+        rows = np.flatnonzero(~state.deleted)
+        ids = state.ids[rows]
+        vecs = state.index.reconstruct_batch(ids) if len(ids) else np.zeros((0, self.dim), np.float32)
+        return (ids, [state.paths[i] for i in rows], [state.labels[i] for i in rows],
+                np.asarray(vecs, dtype=np.float32))
+
+    def search_other(self, index: Any, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-``k`` of ``vectors`` in ``index``, a flat inner-product FAISS index over this generation's live ids
+        (the learnt map's re-projected copy, :mod:`retrieval.marks`), as :meth:`search` reports them."""
+        state = self._state
+        flat = replace(state, index=index, manifest={**state.manifest, "index_type": "flat", "params": {}})
+        queries = prepare_vectors(vectors, index.d, "query vectors")
+        if state.live == 0:
+            return [[] for _ in range(len(queries))]
+        return search_chunk(flat, queries, min(int(k), state.live))
+
+    def set_learnt_map(self, record: dict | None) -> None:
+        """Record in the manifest that a learnt map is applied (``record``) or not (None): a new generation."""
+        def work(con: sqlite3.Connection, old: State) -> Change:
+            return Change(manifest={"learnt_map": record}, changed=True)
+        self._commit(work)
 
     def reload_if_changed(self) -> bool:
         """Pick up a generation another process committed; True when something new was loaded."""

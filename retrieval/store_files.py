@@ -10,6 +10,11 @@ Layout of ``ROOT/NAME/``::
     .lock                advisory lock file: one writer at a time, across processes
     scorecard.json       cache of the label-free scorecard (retrieval/scorecard.py) of one generation, per seed and
                          sample: {"generation": G, "cards": {"<seed>/<sample>": card}}; stale once G changes
+    marks.json           results a person marked right or wrong for a query (retrieval/marks.py); kept across
+                         generations, never rewritten by an index change
+    learnt_map.npz       the linear map learnt from the marks (retrieval/marks.py): mean (D,) and matrix (D, D)
+    learnt.faiss         the index's vectors through that map, flat inner product (ids = items.id), and
+    learnt.json          which generation it was built from ({"uid": U, "generation": G}); rebuilt when stale
 
 Committed data files are never modified: a change writes new files named after the next generation, flushes them,
 and only then atomically replaces ``manifest.json`` (:func:`write_generation`), the single commit point. Files no
@@ -40,6 +45,10 @@ _T = TypeVar("_T")
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SCORECARD = "scorecard.json"
+MARKS = "marks.json"
+LEARNT_MAP = "learnt_map.npz"
+LEARNT_INDEX = "learnt.faiss"
+LEARNT_INDEX_OF = "learnt.json"
 REQUIRED = ("format_version", "name", "root", "encoder", "dim", "index_type", "factory", "metric", "count",
             "generation", "files", "created", "updated")
 SCHEMA = """

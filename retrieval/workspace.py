@@ -86,6 +86,7 @@ class Workspace:
         self.confine = confine
         self._encoders: dict[str, Encoder] = {}
         self._stores: dict[str, IndexStore] = {}
+        self._learnt: dict[str, tuple] = {}  # name -> ((uid, generation), mean, matrix, re-projected FAISS index)
         self._lock = threading.RLock()
 
     # ----- encoders and stores -------------------------------------------------------------------------------
@@ -351,9 +352,153 @@ class Workspace:
         store = self.store(name)
         encoder = self.encoder_for(store, encoder_spec)
         vector = embed_query(encoder, image)  # the encoder's vector: a whitened index whitens it itself
-        hits = store.search(vector[None, :], k, qe=SEARCH_DEFAULTS["qe"] if qe is None else qe,
-                            dba=SEARCH_DEFAULTS["dba"] if dba is None else dba)[0]
+        hits = self.search_vectors(store, vector[None, :], k, qe=SEARCH_DEFAULTS["qe"] if qe is None else qe,
+                                   dba=SEARCH_DEFAULTS["dba"] if dba is None else dba)[0]
         return [Result(i + 1, h.path, float(h.score), h.label) for i, h in enumerate(hits)]
+
+    # ----- marks and the map learnt from them (retrieval/marks.py) ------------------------------------------------
+    def mark(self, name: str, query: str | Path, result: str | Path, right: bool) -> dict:
+        """Mark ``result`` (an image of index ``name``) right or wrong for ``query``: an image of the index, or any
+        other image file (its vector and content hash are stored). The same pair marked again keeps the latest."""
+        from .marks import check_right, item_key, record_mark
+        from .store_files import dir_lock
+
+        check_right(right)
+        store = self.store(name)
+        root = Path(store.manifest["root"])
+        rel = self._relative(root, result)
+        q_rel = self._item_or_none(store, root, query)
+        if q_rel is not None:
+            key, entry = item_key(q_rel), {"kind": "item", "path": q_rel}
+        else:
+            key, entry = self._upload_entry(store, query)
+        with dir_lock(store.path):
+            return record_mark(store.path, key, entry, rel, right, store.has)
+
+    def _item_or_none(self, store: IndexStore, root: Path, query: str | Path) -> str | None:
+        if store.has(Path(query).as_posix()):
+            return Path(query).as_posix()
+        if Path(query).is_absolute():
+            try:
+                rel = Path(query).resolve().relative_to(root.resolve()).as_posix()
+            except ValueError:
+                return None
+            return rel if store.has(rel) else None
+        return None
+
+    def _upload_entry(self, store: IndexStore, query: str | Path) -> tuple[str, dict]:
+        from .embed import embed_query
+        from .fsutil import sha256_file
+        from .marks import upload_key
+        from .store_state import prepare_vectors
+
+        path = Path(query)
+        if not path.is_file():
+            raise LookalikeError(f"query {str(query)!r} is neither an image of index {store.name!r} nor a file")
+        sha = sha256_file(path)
+        vector = prepare_vectors(embed_query(self.encoder_for(store), path), store.dim, "query vector")[0]
+        return upload_key(sha), {"kind": "upload", "path": path.name, "sha256": sha,
+                                 "vector": [round(float(v), 7) for v in vector]}
+
+    def marks(self, name: str) -> dict:
+        """The marks of index ``name`` (each with ``stale``), counts, the sub-folder labels available for learning
+        and the learnt map's record in the manifest (None when off)."""
+        from .marks import labels_available, read_marks, report
+
+        store = self.store(name)
+        rows = report(read_marks(store.path), store.has)
+        live = [r for r in rows if not r["stale"]]
+        return {"name": name, "marks": rows, "count": len(rows), "stale": len(rows) - len(live),
+                "right": sum(r["right"] for r in live), "wrong": sum(not r["right"] for r in live),
+                "labels_available": labels_available(it.label for it in store.items().values()),
+                "learnt_map": store.manifest.get("learnt_map")}
+
+    def learn_from_marks(self, name: str, use_labels: bool = True) -> dict:
+        """Fit the linear map on the index's stored vectors from its marks (and sub-folder labels), store it and
+        apply it: later searches go through it, on the query and on a re-projected copy of the index."""
+        import numpy as np
+
+        from .fsutil import now_iso
+        from .marks import fit_map, label_pairs, mark_pairs, read_marks, upload_vectors, write_map
+
+        store = self.store(name)
+        if store.manifest.get("whitening"):
+            raise LookalikeError(f"index {name!r} is whitened; learning from marks works on unwhitened indexes for "
+                                 "now: rebuild it without --whiten to learn from its marks")
+        _, paths, labels, vecs = store.live_ids_vectors()
+        data = read_marks(store.path)
+        uploads = upload_vectors(data, store.dim)
+        keys = list(uploads)
+        x = np.concatenate([vecs] + [uploads[k][None, :] for k in keys]) if keys else vecs
+        same, diff, stale = mark_pairs(data, {p: i for i, p in enumerate(paths)},
+                                       lambda key: len(paths) + keys.index(key) if key in uploads else None)
+        same, diff = np.array(same, np.int64).reshape(-1, 2), np.array(diff, np.int64).reshape(-1, 2)
+        n_marks = len(same) + len(diff)
+        by_label = (np.zeros((0, 2), np.int64),) * 2
+        if use_labels and len({lab for lab in labels if lab is not None}) >= 2:
+            by_label = label_pairs(labels + [None] * len(keys))
+        mean, matrix = fit_map(x, np.concatenate([same, by_label[0]]), np.concatenate([diff, by_label[1]]))
+        write_map(store.path, mean, matrix)
+        record = {"applied": True, "fitted": now_iso(), "marks_used": n_marks, "marks_stale": stale,
+                  "label_pairs": int(len(by_label[0]) + len(by_label[1])), "dim": store.dim}
+        store.set_learnt_map(record)
+        self._learnt_index(store)  # build the re-projected copy now rather than on the first search
+        return record
+
+    def undo_learnt(self, name: str) -> dict:
+        """Search with the raw vectors again (the map's file stays until the next fit)."""
+        store = self.store(name)
+        if (store.manifest.get("learnt_map") or {}).get("applied"):
+            store.set_learnt_map(None)
+        self._learnt.pop(name, None)
+        return {"name": name, "learnt_map": None}
+
+    def search_vectors(self, store: IndexStore, vectors, k: int, qe: int = 0, dba: int = 0):
+        """:meth:`IndexStore.search` (with αQE / DBA re-ranking where asked), or through the learnt map where one is
+        applied (which takes no re-ranking: asking for both is refused, never half done)."""
+        from .marks import apply_map
+        from .store_state import prepare_vectors
+
+        learnt = self._learnt_index(store)
+        if learnt is None:
+            return store.search(vectors, k, qe=qe, dba=dba)
+        if qe or dba:
+            raise LookalikeError(f"index {store.name!r} searches through the map learnt from its marks, which does "
+                                 "not combine with query expansion or DBA: search without them, or undo the map "
+                                 f"('lookalike marks {store.name} --undo')")
+        _, mean, matrix, index = learnt
+        return store.search_other(index, apply_map(mean, matrix, prepare_vectors(vectors, store.dim)), k)
+
+    def _learnt_index(self, store: IndexStore):
+        """((uid, generation), mean, matrix, FAISS index) of the applied learnt map, or None; the re-projected
+        copy is read from disk when it matches the generation, else rebuilt from the raw vectors and written."""
+        import faiss
+
+        from .fsutil import atomic_write_bytes, atomic_write_json
+        from .marks import apply_map, read_map
+        from .store_files import LEARNT_INDEX, LEARNT_INDEX_OF
+
+        manifest = store.manifest
+        record = manifest.get("learnt_map")
+        if not (record or {}).get("applied"):
+            return None
+        key = (manifest.get("uid"), manifest["generation"])
+        with self._lock:
+            cached = self._learnt.get(store.name)
+            if cached is not None and cached[0] == key:
+                return cached
+            mean, matrix = read_map(store.path, store.dim)
+            if _read_json(store.path / LEARNT_INDEX_OF) == {"uid": key[0], "generation": key[1]}:
+                index = faiss.read_index(str(store.path / LEARNT_INDEX))
+            else:
+                ids, _, _, vecs = store.live_ids_vectors()
+                index = faiss.IndexIDMap2(faiss.IndexFlatIP(matrix.shape[0]))
+                if len(ids):
+                    index.add_with_ids(apply_map(mean, matrix, vecs), ids)
+                atomic_write_bytes(store.path / LEARNT_INDEX, faiss.serialize_index(index).tobytes())
+                atomic_write_json(store.path / LEARNT_INDEX_OF, {"uid": key[0], "generation": key[1]})
+            self._learnt[store.name] = (key, mean, matrix, index)
+            return self._learnt[store.name]
 
     def resolve(self, name: str, rel_path: str) -> Path:
         """Absolute path of an indexed item, refusing anything that is not one (used to serve files safely)."""

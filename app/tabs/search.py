@@ -17,6 +17,7 @@ from retrieval.workspace import QE_NEIGHBOURS, SEARCH_DEFAULTS
 
 from ..context import Tab, parse_k, user_errors
 from ..serving import query_source, require_image
+from .marks import MarksRow
 
 
 class SearchTab(Tab):
@@ -71,6 +72,8 @@ class SearchTab(Tab):
                 self.gallery = gr.Gallery(label="Most similar (click one to search with it)", columns=5, height=560,
                                           object_fit="contain", allow_preview=False, elem_id="search-results")
                 self.picked = gr.Markdown("", elem_id="search-picked", elem_classes=["lk-note"])
+                self.marks = MarksRow(self.ctx)
+                self.marks.layout()
                 with gr.Accordion("Results as JSON", open=False):
                     self.json = gr.JSON(label="results")
         self.paths = gr.State([])
@@ -84,6 +87,7 @@ class SearchTab(Tab):
                     preprocess=False)
         self.gallery.select(self.pick_result, [self.paths], [self.query, self.picked], api_visibility="private")
         self.ctx.pickers.refresh_on(self.reload.click)
+        self.marks.wire(self.query, self.index, self.paths)
 
 
 def _same_upload(image):

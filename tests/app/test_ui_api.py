@@ -129,9 +129,11 @@ def test_a_bare_path_payload_cannot_name_a_file_on_the_server(running_app, tmp_p
     assert "star" not in stream and "score" not in stream
 
 
-def test_the_api_lists_exactly_the_two_named_endpoints(client):
+def test_the_api_lists_exactly_the_named_endpoints(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/search", "/compare"}
+    assert set(endpoints) == {"/search", "/compare", "/mark", "/learn_marks"}
+    assert [p["parameter_name"] for p in endpoints["/mark"]["parameters"]] == ["image", "index", "result", "right"]
+    assert [p["parameter_name"] for p in endpoints["/learn_marks"]["parameters"]] == ["index"]
     assert [p["parameter_name"] for p in endpoints["/search"]["parameters"]] == ["image", "index", "k", "expand"]
     assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == ["image", "indexes", "k"]
 

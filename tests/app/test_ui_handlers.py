@@ -224,10 +224,10 @@ def test_the_live_view_follows_the_next_run_of_a_sequence(env):
     assert app.train.resume()[0] == second.id
 
 
-def test_build_app_wires_only_search_and_compare_as_public_endpoints(env):
+def test_build_app_wires_only_search_compare_and_marks_as_public_endpoints(env):
     demo = build_app(env.ws, examples=[str(env.images[0])], train_dirs=[str(env.photos)])
     names = {d.api_name for d in demo.fns.values() if d.api_visibility == "public"}
-    assert names == {"search", "compare"}
+    assert names == {"search", "compare", "mark", "learn_marks"}
 
 
 @pytest.mark.slow
