@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from torch import nn
 
 from training.trainer import TrainConfig
 
@@ -70,3 +71,12 @@ def tiny_config(tmp_path, image_dir):
         return dataclasses.replace(base, **overrides, explicit=tuple(overrides))
 
     return make
+
+
+def tiny_backbone() -> nn.Module:
+    """(B, 3, H, W) -> (B, 16): two strided convs with BatchNorm, global average pool (works down to 4 px)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )

@@ -27,7 +27,7 @@ from training.methods.mae import random_mask
 from training.settings import TrainConfig
 from training.trainer import train
 
-from .conftest import COLOURS, SHAPES, draw
+from .conftest import COLOURS, SHAPES, draw, tiny_backbone
 
 FAMILIES = ("mae", "colour", "swav", "dino")
 # small heads so each forward takes milliseconds
@@ -46,14 +46,6 @@ def one_thread():
     yield
     torch.set_num_threads(saved)
 
-
-def tiny_backbone() -> nn.Module:
-    """(B, 3, H, W) -> (B, 16): two strided convs with BatchNorm, global average pool."""
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )
 
 
 def make(name: str, **overrides) -> SSLMethod:

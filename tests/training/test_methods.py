@@ -14,6 +14,8 @@ from retrieval.errors import LookalikeError
 from training.methods import METHODS, SSLMethod, build_method
 from training.methods.base import ProjectionHead, cosine_momentum
 
+from .conftest import tiny_backbone
+
 # the methods this file covers (tests/training/test_new_methods.py covers the others), with small heads so each
 # test runs in milliseconds
 SMALL = {
@@ -24,14 +26,6 @@ SMALL = {
     "barlow": dict(dim=32),
 }
 
-
-def tiny_backbone() -> nn.Module:
-    """(B, 3, H, W) -> (B, 16): two strided convs with BatchNorm, global average pool."""
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )
 
 
 def make(name: str, **overrides) -> SSLMethod:

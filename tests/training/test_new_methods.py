@@ -26,7 +26,7 @@ from training.methods.patches import grid_patches, jitter_patches
 from training.methods.rotnet import rotate_batch
 from training.trainer import TrainingDivergedError, train
 
-from .conftest import COLOURS, SHAPES, draw
+from .conftest import COLOURS, SHAPES, draw, tiny_backbone
 
 NEW = ("rotnet", "jigsaw", "cpc", "triplet", "margin")
 # small heads so each forward takes milliseconds
@@ -47,14 +47,6 @@ def one_thread():
     yield
     torch.set_num_threads(saved)
 
-
-def tiny_backbone() -> nn.Module:
-    """(B, 3, H, W) -> (B, 16): two strided convs with BatchNorm, global average pool (works down to 4 px)."""
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )
 
 
 def make(name: str, backbone: nn.Module | None = None, **overrides) -> SSLMethod:
