@@ -80,3 +80,25 @@ def tiny_backbone() -> nn.Module:
         nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
     )
+
+
+def check_method_contract(m, inputs, fresh) -> None:
+    """What every method owes the trainer: a finite scalar loss whose gradients reach every backbone weight, every
+    trainable parameter in exactly one optimiser group, and a state dict that loads strictly into ``fresh`` (a new
+    instance of the same method) and equals the original (nothing derived is saved)."""
+    import io
+
+    import torch
+
+    loss = m(*inputs)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.backbone.parameters())
+    assert any(p.grad.abs().sum() > 0 for p in m.backbone.parameters())
+    in_groups = [p for g in m.param_groups(0.1) for p in g["params"]]
+    assert sorted(map(id, in_groups)) == sorted(id(p) for p in m.parameters() if p.requires_grad)
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))  # strict: same keys
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in m.state_dict().items())

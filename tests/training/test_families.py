@@ -5,7 +5,6 @@ real trainer."""
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 
@@ -27,7 +26,7 @@ from training.methods.mae import random_mask
 from training.settings import TrainConfig
 from training.trainer import train
 
-from .conftest import COLOURS, SHAPES, draw, tiny_backbone
+from .conftest import COLOURS, SHAPES, check_method_contract, draw, tiny_backbone
 
 FAMILIES = ("mae", "colour", "swav", "dino")
 # small heads so each forward takes milliseconds
@@ -76,20 +75,7 @@ def test_registry_holds_the_families():
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_forward_backward_param_groups_and_state(name):
-    m = make(name)
-    loss = m(*crops(name))
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.backbone.parameters())
-    assert any(p.grad.abs().sum() > 0 for p in m.backbone.parameters())
-    in_groups = [p for g in m.param_groups(0.1) for p in g["params"]]
-    assert sorted(map(id, in_groups)) == sorted(id(p) for p in m.parameters() if p.requires_grad)
-    buf = io.BytesIO()
-    torch.save(m.state_dict(), buf)
-    buf.seek(0)
-    fresh = make(name)
-    fresh.load_state_dict(torch.load(buf, weights_only=True))  # strict: same keys
-    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in m.state_dict().items())
+    check_method_contract(make(name), crops(name), make(name))
 
 
 def shapes(n=8, size=32) -> torch.Tensor:

@@ -3,7 +3,6 @@ and that they train, stop and resume through the real trainer like the other met
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import math
@@ -26,7 +25,7 @@ from training.methods.patches import grid_patches, jitter_patches
 from training.methods.rotnet import rotate_batch
 from training.trainer import TrainingDivergedError, train
 
-from .conftest import COLOURS, SHAPES, draw, tiny_backbone
+from .conftest import COLOURS, SHAPES, check_method_contract, draw, tiny_backbone
 
 NEW = ("rotnet", "jigsaw", "cpc", "triplet", "margin")
 # small heads so each forward takes milliseconds
@@ -74,21 +73,7 @@ def test_registry_holds_the_new_methods():
 
 @pytest.mark.parametrize("name", NEW)
 def test_forward_backward_param_groups_and_state(name):
-    m = make(name)
-    loss = m(*views())
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.backbone.parameters())
-    assert any(p.grad.abs().sum() > 0 for p in m.backbone.parameters())
-    in_groups = [p for g in m.param_groups(0.1) for p in g["params"]]
-    assert sorted(map(id, in_groups)) == sorted(id(p) for p in m.parameters() if p.requires_grad)
-
-    buf = io.BytesIO()
-    torch.save(m.state_dict(), buf)
-    buf.seek(0)
-    fresh = make(name)
-    fresh.load_state_dict(torch.load(buf, weights_only=True))  # strict: same keys, nothing derived is saved
-    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in m.state_dict().items())
+    check_method_contract(make(name), views(), make(name))
 
 
 @pytest.mark.parametrize("name", NEW)
