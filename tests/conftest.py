@@ -20,3 +20,18 @@ def shapes_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shapes")
     make_collection(root, n_classes=6, per_class=6, size=48, seed=1)
     return root
+
+
+@pytest.fixture()
+def shapes_index(tmp_path, shapes_dir):
+    """(workspace, collection folder): a private copy of :func:`shapes_dir` indexed as ``shapes`` with ``pixels``
+    (a copy, so a test may change or delete its files)."""
+    import shutil
+
+    from retrieval.workspace import Workspace
+
+    col = tmp_path / "col"
+    shutil.copytree(shapes_dir, col)
+    ws = Workspace(tmp_path / "indexes")
+    ws.build(col, "pixels", "shapes", progress=False)
+    return ws, col

@@ -13,7 +13,6 @@ from gradio.utils import get_upload_folder
 from app.jobs import JobManager
 from app.tabs.marks import MarksRow
 from app.ui import LookalikeApp
-from retrieval.workspace import Workspace
 
 
 def _uploaded(path) -> str:
@@ -24,11 +23,8 @@ def _uploaded(path) -> str:
 
 
 @pytest.fixture()
-def row(tmp_path, shapes_dir):
-    col = tmp_path / "col"
-    shutil.copytree(shapes_dir, col)
-    ws = Workspace(tmp_path / "indexes")
-    ws.build(col, "pixels", "shapes", progress=False)
+def row(tmp_path, shapes_index):
+    ws, col = shapes_index
     app = LookalikeApp(ws, JobManager(), runs_dir=tmp_path / "runs")
     return MarksRow(app.ctx), ws, col, sorted(ws.store("shapes").paths())
 

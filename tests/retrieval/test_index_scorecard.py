@@ -1,23 +1,17 @@
 """An index's scorecard: cached per generation in the index folder, shown by 'index info'."""
 
 import json
-import shutil
 
 import pytest
 
 from app.cli import main
 from retrieval import scorecard
 from retrieval.store_files import SCORECARD, read_scorecard
-from retrieval.workspace import Workspace
 
 
 @pytest.fixture()
-def built(tmp_path, shapes_dir):
-    col = tmp_path / "col"
-    shutil.copytree(shapes_dir, col)
-    ws = Workspace(tmp_path / "idx")
-    ws.build(col, "pixels", "shapes", progress=False)
-    return ws, col
+def built(shapes_index):
+    return shapes_index
 
 
 def test_scorecard_is_cached_per_generation(built, monkeypatch):

@@ -15,11 +15,8 @@ from retrieval.workspace import Workspace
 
 
 @pytest.fixture()
-def built(tmp_path, shapes_dir):
-    col = tmp_path / "col"
-    shutil.copytree(shapes_dir, col)
-    ws = Workspace(tmp_path / "idx")
-    ws.build(col, "pixels", "shapes", progress=False)
+def built(shapes_index):
+    ws, col = shapes_index
     paths = sorted(ws.store("shapes").paths())
     return ws, col, paths
 
@@ -30,7 +27,7 @@ def test_marks_round_trip_survive_refresh_and_reopen(built, tmp_path):
     ws.mark("shapes", paths[0], paths[-1], False)
     (col / paths[5]).write_bytes((col / paths[6]).read_bytes())  # a changed file: refresh re-embeds it
     ws.refresh("shapes", progress=False)
-    again = Workspace(tmp_path / "idx")  # an app restart
+    again = Workspace(ws.root)  # an app restart
     got = again.marks("shapes")
     assert [(m["query_path"], m["result"], m["right"]) for m in got["marks"]] == [
         (paths[0], paths[1], True), (paths[0], paths[-1], False)]
