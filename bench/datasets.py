@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import io
 import json
 import os
 import re
@@ -37,7 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from retrieval.errors import LookalikeError
-
+from retrieval.imageio import jpeg_round_trip
 
 # ------------------------------------------------------------------------------------------- synthetic photos
 JPEG_SIZE = (640, 480)
@@ -399,10 +398,7 @@ def _copy_colour(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def _copy_jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=int(rng.integers(25, 36)))
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
+    return jpeg_round_trip(img, int(rng.integers(25, 36)))
 
 
 def _copy_overlay(img: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -13,7 +13,6 @@ pair, its scores with the other nearest images *negative* ones. The threshold is
 from __future__ import annotations
 
 import hashlib
-import io
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from .errors import BadImageError
+from .imageio import jpeg_round_trip
 from .pipeline import COPY_PRECISION, calibrate_threshold
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,10 +35,7 @@ FALLBACK_THRESHOLD = 0.95  # for indexes built before calibration existed, or to
 
 
 def _jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=int(rng.integers(40, 81)))
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
+    return jpeg_round_trip(img, int(rng.integers(40, 81)))
 
 
 def _resize(img: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -85,6 +85,14 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, reduce_to: int
         raise _with_path(exc, path) from exc.__cause__
 
 
+def jpeg_round_trip(img: Image.Image, quality: int) -> Image.Image:
+    """``img`` saved as a JPEG of ``quality`` and decoded again, RGB (the edited copies of the scorecard, the
+    duplicate calibration and the copy-detection benchmark)."""
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
 def probe_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[int, int, str]:
     """Cheap check of a file from its header alone: ``(width, height, format)`` or :class:`BadImageError`.
 

@@ -99,14 +99,12 @@ def _overlay(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def _jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Heavy re-compression after a downscale (a messaging app's copy of a copy)."""
-    import io
+    from .imageio import jpeg_round_trip
 
     w, h = img.size
     f = rng.uniform(0.3, 0.5)
     small = img.resize((max(8, int(w * f)), max(8, int(h * f))), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    small.save(buf, "JPEG", quality=int(rng.integers(8, 20)))
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return jpeg_round_trip(small, int(rng.integers(8, 20)))
 
 
 def _rescale(img: Image.Image, rng: np.random.Generator) -> Image.Image:
