@@ -99,6 +99,16 @@ def json_bytes(obj: Any, sort_keys: bool = False, default: Callable[[Any], Any] 
     return (json.dumps(obj, indent=2, sort_keys=sort_keys, default=default) + "\n").encode("utf-8")
 
 
+def read_json_dict(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``, or ``{}`` where the file is missing, unreadable or holds no object: for caches
+    and markers that are rewritten whole (atomically) and may simply be absent."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, sort_keys: bool = False,
                       default: Callable[[Any], Any] | None = None,
                       before_replace: Callable[[], None] | None = None) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
 from .errors import IndexNotFoundError, LookalikeError
-from .fsutil import atomic_write_bytes, atomic_write_json, fsync_path, is_temp
+from .fsutil import atomic_write_bytes, atomic_write_json, fsync_path, is_temp, read_json_dict
 from .index_kinds import KINDS, is_type
 
 _T = TypeVar("_T")
@@ -228,11 +228,8 @@ def _scorecard_key(seed: int, sample: int | None) -> str:
 
 def read_scorecard(directory: Path, generation: int, seed: int = 0, sample: int | None = None) -> dict | None:
     """The cached scorecard (``Scorecard.to_json()``) of ``generation`` for this seed and sample, or None."""
-    try:
-        cache = json.loads((directory / SCORECARD).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(cache, dict) or cache.get("generation") != generation:
+    cache = read_json_dict(directory / SCORECARD)
+    if cache.get("generation") != generation:
         return None
     card = (cache.get("cards") or {}).get(_scorecard_key(seed, sample))
     return card if isinstance(card, dict) else None
@@ -240,11 +237,8 @@ def read_scorecard(directory: Path, generation: int, seed: int = 0, sample: int 
 
 def write_scorecard(directory: Path, generation: int, card: dict, seed: int = 0, sample: int | None = None) -> None:
     """Cache ``card`` for ``generation`` (atomically; the cards of an older generation are dropped)."""
-    try:
-        cache = json.loads((directory / SCORECARD).read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if not isinstance(cache, dict) or cache.get("generation") != generation:
+    cache = read_json_dict(directory / SCORECARD)
+    if cache.get("generation") != generation:
         cache = {"generation": generation, "cards": {}}
     cache.setdefault("cards", {})[_scorecard_key(seed, sample)] = card
     atomic_write_json(directory / SCORECARD, cache)

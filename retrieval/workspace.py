@@ -6,7 +6,6 @@ so a long-lived app loads each model once while a CLI call stays a one-shot.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .errors import IndexNotFoundError, LookalikeError
+from .fsutil import read_json_dict
 from .store_files import MANIFEST, describe_from_disk, list_indexes, validate_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -123,7 +123,7 @@ class Workspace:
     # ----- the defaults of a command that names no index or encoder ----------------------------------------------
     def marked_index(self) -> str | None:
         """The index :data:`DEFAULT_FILE` names, if it still exists."""
-        marked = _read_json(self.root / DEFAULT_FILE).get("name")
+        marked = read_json_dict(self.root / DEFAULT_FILE).get("name")
         try:
             return marked if (self.root / validate_name(marked) / MANIFEST).is_file() else None
         except LookalikeError:  # not a name (a hand-edited file): no default
@@ -488,7 +488,7 @@ class Workspace:
             if cached is not None and cached[0] == key:
                 return cached
             mean, matrix = read_map(store.path, store.dim)
-            if _read_json(store.path / LEARNT_INDEX_OF) == {"uid": key[0], "generation": key[1]}:
+            if read_json_dict(store.path / LEARNT_INDEX_OF) == {"uid": key[0], "generation": key[1]}:
                 index = faiss.read_index(str(store.path / LEARNT_INDEX))
             else:
                 ids, _, _, vecs = store.live_ids_vectors()
@@ -510,14 +510,6 @@ class Workspace:
 
 def _by_path(s: Skipped) -> str:
     return s.path
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def default_encoder() -> tuple[str, str]:

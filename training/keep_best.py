@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from retrieval.errors import LookalikeError
-from retrieval.fsutil import atomic_write_json
+from retrieval.fsutil import atomic_write_json, read_json_dict
 
 __all__ = ["KeepBest", "for_run", "score", "HELD_OUT", "SCORE_SHARE", "START_CACHE"]
 
@@ -156,20 +156,13 @@ class KeepBest:
     def _cached_start(self) -> dict | None:
         if self.cache is None:
             return None
-        try:
-            entry = json.loads(self.cache.read_text()).get(self.cache_key)
-        except (OSError, ValueError, AttributeError):
-            return None
+        entry = read_json_dict(self.cache).get(self.cache_key)
         return {"score": float(entry["score"]), "ci": list(entry["ci"])} if isinstance(entry, dict) else None
 
     def _cache_start(self) -> None:
         if self.cache is None or not self.cache.parent.is_dir():
             return
-        try:
-            entries = json.loads(self.cache.read_text())
-        except (OSError, ValueError):
-            entries = {}
-        entries = entries if isinstance(entries, dict) else {}
+        entries = read_json_dict(self.cache)
         entries[self.cache_key] = {"score": self.start["score"], "ci": self.start["ci"]}
         atomic_write_json(self.cache, entries)
 
